@@ -1,0 +1,21 @@
+//! `ingest` runs the webhook service, configured by environment only.
+
+use anyhow::Context;
+use ingest::{config::Config, startup::Application};
+use shared::{config::ProcessEnv, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if let Some(arg) = std::env::args().nth(1) {
+        anyhow::bail!("ingest takes no arguments (got {arg:?}); it is configured by environment");
+    }
+    let config = Config::from_env(&ProcessEnv).context("invalid configuration")?;
+    let _telemetry = telemetry::init("ingest", &config.telemetry);
+    let addr = config.addr;
+    let app = Application::build(config).with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, port = app.port(), "ingest listening");
+    let shutdown = shutdown::on_signal();
+    app.run_until_stopped(shutdown)
+        .await
+        .context("ingest stopped with an error")
+}

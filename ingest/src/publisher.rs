@@ -1,0 +1,281 @@
+//! Publishing verified events to RabbitMQ with publisher confirms.
+//!
+//! A supervisor task owns the connection: it connects, opens a small pool of
+//! confirm-mode channels, declares the shared topology, and reconnects with backoff
+//! whenever the connection or a channel dies. Requests never wait for a reconnect: with
+//! no live channel they fail fast with [`PublishError::Unavailable`] (→ 503, Stripe retries).
+//!
+//! Each publish is `mandatory` and persistent and waits, bounded by a timeout, for its own
+//! confirm; many confirms are outstanding per channel at once, so requests do not queue
+//! behind each other. <https://www.rabbitmq.com/docs/confirms#publisher-confirms>
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
+};
+use shared::{amqp, config::AmqpConfig, envelope::EventEnvelope, topology::Topology};
+use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, ResultLabels};
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+/// How often the supervisor checks that the connection is still up.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("no connection to the broker")]
+    Unavailable,
+    #[error("broker channel error")]
+    Channel(#[source] lapin::Error),
+    #[error("the broker nacked the publish")]
+    Nacked,
+    #[error("the broker returned the message as unroutable")]
+    Returned,
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+}
+
+impl PublishError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Channel(_) => "error",
+            Self::Nacked => "nack",
+            Self::Returned => "returned",
+            Self::Timeout(_) => "timeout",
+        }
+    }
+}
+
+struct Live {
+    connection: Connection,
+    channels: Vec<Channel>,
+}
+
+impl Live {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+struct Inner {
+    live: RwLock<Option<Arc<Live>>>,
+    next: AtomicUsize,
+    topology: Topology,
+    confirm_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Wakes the supervisor when a publish failed, to check the connection now.
+    suspect: Notify,
+    closing: CancellationToken,
+}
+
+impl Inner {
+    fn current(&self) -> Option<Arc<Live>> {
+        self.live.read().ok().and_then(|guard| guard.clone())
+    }
+
+    fn set(&self, live: Option<Arc<Live>>) {
+        self.metrics.broker_connected.set(i64::from(live.is_some()));
+        if let Ok(mut guard) = self.live.write() {
+            *guard = live;
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl Publisher {
+    /// Starts the supervisor; returns at once, connected or not.
+    pub fn start(
+        amqp_config: AmqpConfig,
+        channels: usize,
+        confirm_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Self, JoinHandle<()>) {
+        let inner = Arc::new(Inner {
+            live: RwLock::new(None),
+            next: AtomicUsize::new(0),
+            topology: Topology::new(amqp_config.topology_prefix.clone()),
+            confirm_timeout,
+            metrics,
+            suspect: Notify::new(),
+            closing: CancellationToken::new(),
+        });
+        let supervisor = tokio::spawn(supervise(Arc::clone(&inner), amqp_config, channels.max(1)));
+        (Self { inner }, supervisor)
+    }
+
+    /// True while a confirm channel is open.
+    pub fn is_ready(&self) -> bool {
+        self.inner.current().is_some_and(|live| live.healthy())
+    }
+
+    /// Publishes `body` (the exact bytes Stripe signed) and waits for the broker's confirm.
+    #[tracing::instrument(name = "publish", skip_all, fields(event_id = %envelope.id, event_type = %envelope.event_type))]
+    pub async fn publish(&self, envelope: &EventEnvelope, body: &[u8]) -> Result<(), PublishError> {
+        let start = Instant::now();
+        let result = self.publish_confirmed(envelope, body).await;
+        let label = match &result {
+            Ok(()) => "ack",
+            Err(e) => e.label(),
+        };
+        self.inner
+            .metrics
+            .publish_seconds
+            .get_or_create(&ResultLabels { result: label })
+            .observe(start.elapsed().as_secs_f64());
+        if let Err(e) = &result
+            && !matches!(e, PublishError::Unavailable)
+        {
+            self.inner.suspect.notify_one();
+        }
+        result
+    }
+
+    async fn publish_confirmed(
+        &self,
+        envelope: &EventEnvelope,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let live = self.inner.current().ok_or(PublishError::Unavailable)?;
+        if live.channels.is_empty() {
+            return Err(PublishError::Unavailable);
+        }
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
+        let channel = &live.channels[index];
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(envelope.id.as_str()))
+            .with_type(ShortString::from(envelope.event_type.as_str()))
+            .with_timestamp(now)
+            .with_app_id(ShortString::from("ingest"));
+        let options = BasicPublishOptions {
+            // Unroutable messages come back instead of vanishing. With the alternate
+            // exchange in place this only fires if the topology was deleted under us.
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let timeout = self.inner.confirm_timeout;
+        let confirm = tokio::time::timeout(timeout, async {
+            channel
+                .basic_publish(
+                    ShortString::from(self.inner.topology.events_exchange()),
+                    ShortString::from(envelope.event_type.as_str()),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await
+        .map_err(|_| PublishError::Timeout(timeout))?
+        .map_err(PublishError::Channel)?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Returned),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            // The channel is in confirm mode; no confirm means we cannot know.
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Closes the connection. Call after the HTTP server has drained in-flight requests.
+    pub async fn close(&self) {
+        self.inner.closing.cancel();
+        if let Some(live) = self.inner.current() {
+            self.inner.set(None);
+            if let Err(e) = live
+                .connection
+                .close(200, ShortString::from("shutdown"))
+                .await
+            {
+                tracing::debug!(error = %e, "closing the broker connection");
+            }
+        }
+    }
+}
+
+async fn open(
+    config: &AmqpConfig,
+    channels: usize,
+    topology: &Topology,
+) -> Result<Live, lapin::Error> {
+    let connection = amqp::connect(config, "ingest").await?;
+    let mut opened = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        opened.push(channel);
+    }
+    if let Some(first) = opened.first() {
+        topology.declare(first).await?;
+    }
+    Ok(Live {
+        connection,
+        channels: opened,
+    })
+}
+
+async fn supervise(inner: Arc<Inner>, config: AmqpConfig, channels: usize) {
+    let mut attempt: u32 = 0;
+    while !inner.closing.is_cancelled() {
+        match open(&config, channels, &inner.topology).await {
+            Ok(live) => {
+                attempt = 0;
+                let live = Arc::new(live);
+                inner.set(Some(Arc::clone(&live)));
+                tracing::info!(channels, "connected to the broker; topology declared");
+                loop {
+                    tokio::select! {
+                        () = inner.closing.cancelled() => return,
+                        () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                        () = inner.suspect.notified() => {}
+                    }
+                    if !live.healthy() {
+                        break;
+                    }
+                }
+                inner.set(None);
+                tracing::warn!("lost the broker connection; reconnecting");
+                // Release what is left of the old connection.
+                let _ = live
+                    .connection
+                    .close(320, ShortString::from("reconnecting"))
+                    .await;
+            }
+            Err(e) => {
+                inner.set(None);
+                tracing::warn!(error = %e, attempt, "cannot connect to the broker");
+            }
+        }
+        let delay = amqp::backoff(attempt, MAX_RECONNECT_DELAY);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = inner.closing.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

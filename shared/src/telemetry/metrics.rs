@@ -1,0 +1,19 @@
+//! Prometheus text exposition shared by both services' `/metrics`.
+
+use prometheus_client::{encoding::text::encode, registry::Registry};
+
+/// The content type Prometheus scrapers expect for the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Latency buckets in seconds, from sub-millisecond publishes to slow Stripe calls.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, registry);
+    out
+}

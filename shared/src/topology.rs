@@ -1,0 +1,238 @@
+//! The RabbitMQ topology, declared idempotently by both services from this one place,
+//! so ingest never publishes into an exchange with no queue behind it.
+//!
+//! ```text
+//!                       routing key = event type
+//! ingest ──► {p}stripe.events (topic, durable, alternate-exchange = {p}stripe.unrouted)
+//!              ├─ checkout.session.* (4 types) ─► {p}fulfill.checkout (quorum)
+//!              └─ anything unbound ─► {p}stripe.unrouted (fanout) ─► {p}stripe.unrouted (bounded)
+//!
+//! fulfill ─ transient failure ─► {p}fulfill.retry (per-message TTL) ─► back to {p}fulfill.checkout
+//!         ─ permanent failure ─► {p}fulfill.dead (quorum; reason in headers)
+//! ```
+//!
+//! Verified events of types nobody consumes go to the alternate exchange and a queue capped
+//! at [`UNROUTED_MAX_LENGTH`] messages (oldest dropped first): an operator can inspect them,
+//! they never pile up without bound, and a `mandatory` publish is never returned for them
+//! (<https://www.rabbitmq.com/docs/ae>).
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// The checkout events fulfill consumes. The contract names these four.
+pub const CHECKOUT_EVENT_TYPES: [&str; 4] = [
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+];
+
+/// How many unrouted (unconsumed types of) events are kept for inspection.
+pub const UNROUTED_MAX_LENGTH: i64 = 10_000;
+
+/// After this many deliveries of one message (crash loops, requeues) the broker
+/// dead-letters it instead of delivering it again.
+/// <https://www.rabbitmq.com/docs/quorum-queues#poison-message-handling>
+pub const CHECKOUT_DELIVERY_LIMIT: i64 = 50;
+
+/// Exchange and queue names. `prefix` is empty in production and unique per test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+
+    /// The topic exchange ingest publishes every verified event to.
+    pub fn events_exchange(&self) -> String {
+        self.name("stripe.events")
+    }
+
+    /// Alternate exchange (and its queue) for event types no queue is bound to.
+    pub fn unrouted_exchange(&self) -> String {
+        self.name("stripe.unrouted")
+    }
+
+    pub fn unrouted_queue(&self) -> String {
+        self.name("stripe.unrouted")
+    }
+
+    /// The queue fulfill consumes.
+    pub fn checkout_queue(&self) -> String {
+        self.name("fulfill.checkout")
+    }
+
+    /// Where fulfill parks a message for a while after a transient failure.
+    pub fn retry_queue(&self) -> String {
+        self.name("fulfill.retry")
+    }
+
+    /// Messages that could not be processed, with the reason in their headers.
+    pub fn dead_letter_queue(&self) -> String {
+        self.name("fulfill.dead")
+    }
+
+    /// Every queue, for tests that clean up after themselves.
+    pub fn queues(&self) -> [String; 4] {
+        [
+            self.unrouted_queue(),
+            self.checkout_queue(),
+            self.retry_queue(),
+            self.dead_letter_queue(),
+        ]
+    }
+
+    /// Every exchange, for tests that clean up after themselves.
+    pub fn exchanges(&self) -> [String; 2] {
+        [self.events_exchange(), self.unrouted_exchange()]
+    }
+
+    /// Declares exchanges, queues and bindings. Idempotent: safe to run from every
+    /// process at every (re)connect, as long as all run the same code.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.unrouted_exchange().into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                table([("alternate-exchange", long_string(self.unrouted_exchange()))]),
+            )
+            .await?;
+
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(
+                self.unrouted_queue().into(),
+                durable_queue,
+                table([
+                    ("x-queue-type", long_string("quorum")),
+                    ("x-max-length", AMQPValue::LongLongInt(UNROUTED_MAX_LENGTH)),
+                    ("x-overflow", long_string("drop-head")),
+                ]),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.unrouted_queue().into(),
+                self.unrouted_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .queue_declare(
+                self.checkout_queue().into(),
+                durable_queue,
+                table([
+                    ("x-queue-type", long_string("quorum")),
+                    (
+                        "x-delivery-limit",
+                        AMQPValue::LongLongInt(CHECKOUT_DELIVERY_LIMIT),
+                    ),
+                    ("x-dead-letter-exchange", long_string("")),
+                    (
+                        "x-dead-letter-routing-key",
+                        long_string(self.dead_letter_queue()),
+                    ),
+                ]),
+            )
+            .await?;
+        for event_type in CHECKOUT_EVENT_TYPES {
+            channel
+                .queue_bind(
+                    self.checkout_queue().into(),
+                    self.events_exchange().into(),
+                    event_type.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+
+        // Classic queue: per-message TTL (the retry delay) expires at the head; the
+        // delays fulfill sets only grow, so a later message never waits on an earlier one
+        // for long. Expired messages go back to the checkout queue through the default
+        // exchange. <https://www.rabbitmq.com/docs/ttl#per-message-ttl-caveats>
+        channel
+            .queue_declare(
+                self.retry_queue().into(),
+                durable_queue,
+                table([
+                    ("x-dead-letter-exchange", long_string("")),
+                    (
+                        "x-dead-letter-routing-key",
+                        long_string(self.checkout_queue()),
+                    ),
+                ]),
+            )
+            .await?;
+
+        channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                durable_queue,
+                table([("x-queue-type", long_string("quorum"))]),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn long_string(s: impl Into<String>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.into()))
+}
+
+fn table<const N: usize>(entries: [(&str, AMQPValue); N]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(k), v);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_every_name() {
+        let t = Topology::new("t123.");
+        for name in t.queues().iter().chain(t.exchanges().iter()) {
+            assert!(name.starts_with("t123."), "{name}");
+        }
+        assert_eq!(t.checkout_queue(), "t123.fulfill.checkout");
+    }
+}
