@@ -34,10 +34,15 @@ pub async fn connect(
     Connection::connect(config.url.expose_secret(), props).await
 }
 
-/// Exponential backoff with full jitter, for reconnect loops: 100 ms doubling up to `cap`.
+/// Exponential backoff with jitter, for reconnect loops: 100 ms doubling up to `cap`.
 pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(16));
-    let ceiling = base.min(cap);
+    backoff_from(Duration::from_millis(100), attempt, cap)
+}
+
+/// `base` doubled `attempt` times, capped at `cap`, then a random value in its upper half
+/// ("equal jitter"), so that many waiters do not retry in lockstep.
+pub fn backoff_from(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
     let millis = u64::try_from(ceiling.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);

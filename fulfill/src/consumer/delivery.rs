@@ -1,0 +1,141 @@
+//! One delivery: fulfill it, then ack; on a transient failure park it in the retry queue
+//! (with a growing delay) and ack; on a permanent one, or after too many attempts,
+//! dead-letter it with the reason in its headers and ack. The ack always comes after the
+//! database commit or after the broker confirmed the retry/dead-letter copy, so a crash
+//! at any point leads to a redelivery, never a loss (and redelivery is idempotent).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use shared::amqp::{self, headers};
+
+use super::Context;
+use crate::{error::error_chain, metrics::KindLabels};
+
+pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Delivery) {
+    let started = Instant::now();
+    context.metrics.in_flight.inc();
+    let event_type = delivery
+        .properties
+        .kind()
+        .as_ref()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| delivery.routing_key.to_string());
+    let attempts = amqp::header_int(delivery.properties.headers().as_ref(), headers::ATTEMPTS)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+        + 1;
+
+    let result = context.fulfiller.handle_event(&delivery.data).await;
+    let settled = match result {
+        Ok(outcome) => {
+            context.metrics.event(&event_type, outcome.label());
+            tracing::debug!(outcome = outcome.label(), "delivery processed");
+            ack(&delivery).await
+        }
+        Err(e) if e.is_transient() && attempts < context.config.max_attempts => {
+            let delay = amqp::backoff_from(context.config.retry_base, attempts - 1, context.config.retry_max);
+            tracing::warn!(error = %error_chain(&e), attempts, delay_ms = delay.as_millis() as u64, "transient failure; retrying later");
+            context.metrics.event(&event_type, "retry");
+            context.metrics.requeued.inc();
+            let mut h = carried_headers(&delivery);
+            h.insert(ShortString::from(headers::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
+            let props = delivery
+                .properties
+                .clone()
+                .with_headers(h)
+                .with_expiration(ShortString::from(delay.as_millis().to_string()));
+            republish(publish, &context.topology.retry_queue(), &delivery, props).await
+        }
+        Err(e) => {
+            let kind = if e.is_transient() { "exhausted" } else { e.dead_letter_kind() };
+            let reason = error_chain(&e);
+            tracing::error!(error = %reason, kind, attempts, "dead-lettering the message");
+            context.metrics.event(&event_type, "dead_lettered");
+            context.metrics.dead_letters.get_or_create(&KindLabels { kind }).inc();
+            let mut h = carried_headers(&delivery);
+            h.insert(ShortString::from(headers::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
+            h.insert(ShortString::from(headers::DEAD_REASON), long(truncate(&reason, 1000)));
+            h.insert(ShortString::from(headers::DEAD_KIND), long(kind));
+            h.insert(ShortString::from(headers::ORIGINAL_ROUTING_KEY), long(&delivery.routing_key.to_string()));
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            h.insert(ShortString::from(headers::DEAD_AT), AMQPValue::Timestamp(now));
+            let props = delivery.properties.clone().with_headers(h);
+            republish(publish, &context.topology.dead_letter_queue(), &delivery, props).await
+        }
+    };
+    if let Err(e) = settled {
+        // The delivery stays unacked; the broker redelivers it after the channel closes.
+        tracing::warn!(error = %e, "could not settle the delivery; it will be redelivered");
+    }
+    context.metrics.in_flight.dec();
+    context.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
+    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+}
+
+/// Publishes a copy to `queue` (default exchange), waits for the confirm, then acks the
+/// original. If the copy is not confirmed, the original is requeued instead.
+async fn republish(publish: &Channel, queue: &str, delivery: &Delivery, props: BasicProperties) -> Result<(), lapin::Error> {
+    let confirmed = async {
+        publish
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                props.with_delivery_mode(2),
+            )
+            .await?
+            .await
+    }
+    .await;
+    match confirmed {
+        Ok(lapin::Confirmation::Ack(None)) => ack(delivery).await,
+        other => {
+            tracing::warn!(?other, queue, "copy not confirmed; requeueing the original");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// The headers to keep on a copy: ours and anything the publisher set (trace context).
+fn carried_headers(delivery: &Delivery) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = delivery.properties.headers() {
+        for (k, v) in h.inner() {
+            // x-death and friends belong to the broker's own dead-lettering.
+            if !k.as_str().starts_with("x-death") && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death") {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

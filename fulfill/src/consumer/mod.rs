@@ -1,0 +1,183 @@
+//! The receive loop: connect, declare the topology, consume the checkout queue with a
+//! bounded prefetch, run each delivery as its own task (at most `concurrency` at once),
+//! and reconnect with backoff when the broker goes away.
+//!
+//! Shutdown: stop consuming (basic.cancel) → wait for in-flight deliveries to be acked
+//! (a `TaskTracker`) → close the connection. Deliveries prefetched but not started are
+//! returned to the queue by the broker when the channel closes.
+
+mod delivery;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    types::{FieldTable, ShortString},
+};
+use shared::{amqp, config::AmqpConfig, topology::Topology};
+use tokio::{sync::Semaphore, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::ConsumerConfig, fulfillment::Fulfiller, metrics::Metrics};
+
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// The shared context of every delivery task.
+pub(crate) struct Context {
+    pub fulfiller: Arc<Fulfiller>,
+    pub metrics: Arc<Metrics>,
+    pub topology: Topology,
+    pub config: ConsumerConfig,
+}
+
+pub struct Consumer {
+    connected: Arc<AtomicBool>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Consumer {
+    pub fn start(amqp_config: AmqpConfig, config: ConsumerConfig, fulfiller: Arc<Fulfiller>, metrics: Arc<Metrics>) -> Self {
+        let connected = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let context = Arc::new(Context {
+            fulfiller,
+            metrics,
+            topology: Topology::new(amqp_config.topology_prefix.clone()),
+            config,
+        });
+        let task = tokio::spawn(supervise(amqp_config, context, Arc::clone(&connected), stop.clone()));
+        Self {
+            connected,
+            stop,
+            task,
+        }
+    }
+
+    /// True while consuming.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// A flag that reads true while consuming, for readiness checks.
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.connected)
+    }
+
+    /// Stops consuming, waits for in-flight deliveries, closes the connection.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn supervise(amqp_config: AmqpConfig, context: Arc<Context>, connected: Arc<AtomicBool>, stop: CancellationToken) {
+    let mut attempt: u32 = 0;
+    while !stop.is_cancelled() {
+        match open(&amqp_config, &context).await {
+            Ok((connection, consume, publish)) => {
+                attempt = 0;
+                connected.store(true, Ordering::SeqCst);
+                context.metrics.broker_connected.set(1);
+                tracing::info!(queue = %context.topology.checkout_queue(), "consuming");
+                let stopped = consume_until_lost(&context, &consume, publish, &stop).await;
+                connected.store(false, Ordering::SeqCst);
+                context.metrics.broker_connected.set(0);
+                let _ = connection.close(200, ShortString::from("bye")).await;
+                if stopped {
+                    tracing::info!("consumer stopped");
+                    return;
+                }
+                tracing::warn!("lost the broker connection; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, attempt, "cannot connect to the broker"),
+        }
+        let delay = amqp::backoff(attempt, MAX_RECONNECT_DELAY);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn open(amqp_config: &AmqpConfig, context: &Context) -> Result<(Connection, Channel, Channel), lapin::Error> {
+    let connection = amqp::connect(amqp_config, "fulfill").await?;
+    let consume = connection.create_channel().await?;
+    context.topology.declare(&consume).await?;
+    // Prefetch bounds unacked deliveries per consumer; concurrency bounds the work.
+    // <https://www.rabbitmq.com/docs/consumer-prefetch>
+    consume
+        .basic_qos(context.config.prefetch, BasicQosOptions::default())
+        .await?;
+    let publish = connection.create_channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((connection, consume, publish))
+}
+
+/// Returns true when stopped on purpose, false when the connection was lost.
+async fn consume_until_lost(context: &Arc<Context>, consume: &Channel, publish: Channel, stop: &CancellationToken) -> bool {
+    let tag = format!("fulfill-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let mut deliveries = match consume
+        .basic_consume(
+            ShortString::from(context.topology.checkout_queue()),
+            ShortString::from(tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start consuming");
+            return false;
+        }
+    };
+    let publish = Arc::new(publish);
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(context.config.concurrency));
+    let stopped = loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break true,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break true,
+            },
+        };
+        let next = tokio::select! {
+            () = stop.cancelled() => break true,
+            next = deliveries.next() => next,
+        };
+        match next {
+            Some(Ok(d)) => {
+                let context = Arc::clone(context);
+                let publish = Arc::clone(&publish);
+                tracker.spawn(async move {
+                    delivery::process(&context, &publish, d).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "delivery stream failed");
+                break false;
+            }
+            None => break false,
+        }
+    };
+    if stopped {
+        let _ = consume
+            .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
+            .await;
+    }
+    tracker.close();
+    tracker.wait().await;
+    stopped
+}

@@ -1,0 +1,39 @@
+//! Every Stripe event id fulfill has processed, with what came of it.
+
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryResult};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::stripe_events;
+
+/// Has this event been processed (committed) before?
+pub async fn seen(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
+    stripe_events::table
+        .select(stripe_events::event_id)
+        .filter(stripe_events::event_id.eq(event_id))
+        .first::<String>(conn)
+        .await
+        .optional()
+        .map(|found| found.is_some())
+}
+
+/// Records an event; a second record of the same id changes nothing. Returns whether
+/// this call inserted it.
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    event_id: &str,
+    event_type: &str,
+    object_id: Option<&str>,
+    outcome: &str,
+) -> QueryResult<bool> {
+    diesel::insert_into(stripe_events::table)
+        .values((
+            stripe_events::event_id.eq(event_id),
+            stripe_events::event_type.eq(event_type),
+            stripe_events::object_id.eq(object_id),
+            stripe_events::outcome.eq(outcome),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+        .map(|n| n == 1)
+}

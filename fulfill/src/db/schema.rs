@@ -1,0 +1,54 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    balances (user_id) {
+        user_id -> Text,
+        credits -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    checkout_sessions (session_id) {
+        session_id -> Text,
+        state -> Text,
+        user_id -> Nullable<Text>,
+        credits -> Nullable<Int8>,
+        reason -> Nullable<Text>,
+        stripe_status -> Nullable<Text>,
+        payment_status -> Nullable<Text>,
+        payment_intent_id -> Nullable<Text>,
+        amount_total -> Nullable<Int8>,
+        currency -> Nullable<Text>,
+        livemode -> Nullable<Bool>,
+        last_event_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ledger_entries (id) {
+        id -> Int8,
+        user_id -> Text,
+        delta -> Int8,
+        reason -> Text,
+        idempotency_key -> Text,
+        stripe_session_id -> Nullable<Text>,
+        stripe_event_id -> Nullable<Text>,
+        stripe_object_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    stripe_events (event_id) {
+        event_id -> Text,
+        event_type -> Text,
+        object_id -> Nullable<Text>,
+        outcome -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(balances, checkout_sessions, ledger_entries, stripe_events,);

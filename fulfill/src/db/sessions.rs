@@ -1,0 +1,135 @@
+//! What fulfill knows of each Checkout Session: its state, and why it needs attention.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    AsChangeset, ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, Queryable,
+    Selectable, SelectableHelper,
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::schema::checkout_sessions;
+
+/// The states a session moves through; `credited` is the only one nothing leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Pending,
+    Credited,
+    NeedsAttention,
+    Failed,
+    Expired,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Credited => "credited",
+            Self::NeedsAttention => "needs_attention",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "pending" => Self::Pending,
+            "credited" => Self::Credited,
+            "needs_attention" => Self::NeedsAttention,
+            "failed" => Self::Failed,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = checkout_sessions)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub state: String,
+    pub user_id: Option<String>,
+    pub credits: Option<i64>,
+    pub reason: Option<String>,
+    pub stripe_status: Option<String>,
+    pub payment_status: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub amount_total: Option<i64>,
+    pub currency: Option<String>,
+    pub livemode: Option<bool>,
+    pub last_event_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl SessionRow {
+    pub fn state(&self) -> SessionState {
+        // The CHECK constraint admits only known states.
+        SessionState::parse(&self.state).unwrap_or(SessionState::Pending)
+    }
+}
+
+/// The fields a fulfillment run writes. `None` leaves a column as it is.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = checkout_sessions)]
+pub struct SessionUpdate<'a> {
+    pub state: Option<&'a str>,
+    pub user_id: Option<Option<&'a str>>,
+    pub credits: Option<Option<i64>>,
+    pub reason: Option<Option<&'a str>>,
+    pub stripe_status: Option<&'a str>,
+    pub payment_status: Option<&'a str>,
+    pub payment_intent_id: Option<&'a str>,
+    pub amount_total: Option<i64>,
+    pub currency: Option<&'a str>,
+    pub livemode: Option<bool>,
+    pub last_event_id: Option<&'a str>,
+}
+
+pub async fn find(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<Option<SessionRow>> {
+    checkout_sessions::table
+        .find(session_id)
+        .select(SessionRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Creates the row if needed and locks it until the caller's transaction ends, so that
+/// concurrent fulfillments of one session run one after the other.
+pub async fn lock_or_create(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<SessionRow> {
+    diesel::insert_into(checkout_sessions::table)
+        .values((
+            checkout_sessions::session_id.eq(session_id),
+            checkout_sessions::state.eq(SessionState::Pending.as_str()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    checkout_sessions::table
+        .find(session_id)
+        .select(SessionRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+}
+
+pub async fn update(conn: &mut AsyncPgConnection, session_id: &str, changes: &SessionUpdate<'_>) -> QueryResult<SessionRow> {
+    diesel::update(checkout_sessions::table.find(session_id))
+        .set((changes, checkout_sessions::updated_at.eq(diesel::dsl::now)))
+        .returning(SessionRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Sessions that need an operator, most recently changed first.
+pub async fn needing_attention(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<SessionRow>> {
+    checkout_sessions::table
+        .filter(checkout_sessions::state.eq(SessionState::NeedsAttention.as_str()))
+        .order(checkout_sessions::updated_at.desc())
+        .limit(limit)
+        .select(SessionRow::as_select())
+        .load(conn)
+        .await
+}

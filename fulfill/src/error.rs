@@ -1,0 +1,129 @@
+//! fulfill's failures: `FulfillError` for processing (with its retry classification) and
+//! `ApiError`, the one place where failures become HTTP answers.
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use serde_json::json;
+
+use crate::{db::PoolError, stripe::StripeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FulfillError {
+    /// A message that is not something fulfill can ever process (poison).
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("event type {0:?} is not one fulfill handles")]
+    UnsupportedEvent(String),
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+    #[error("database error")]
+    Database(#[from] diesel::result::Error),
+    #[error("no database connection")]
+    Pool(#[from] PoolError),
+}
+
+impl FulfillError {
+    /// Worth trying again later (the retry queue); otherwise dead-lettered at once.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as Kind, Error as Db};
+        match self {
+            Self::Malformed(_) | Self::UnsupportedEvent(_) => false,
+            Self::Stripe(e) => e.is_transient(),
+            Self::Pool(_) => true,
+            // Constraint violations are bugs no retry will fix; everything else
+            // (lost connections, serialization failures, restarts) passes.
+            Self::Database(Db::DatabaseError(
+                Kind::NotNullViolation | Kind::CheckViolation | Kind::ForeignKeyViolation,
+                _,
+            )) => false,
+            Self::Database(_) => true,
+        }
+    }
+
+    /// `poison` for messages that can never be processed, else `permanent`.
+    pub fn dead_letter_kind(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) | Self::UnsupportedEvent(_) => "poison",
+            _ => "permanent",
+        }
+    }
+}
+
+/// The full cause chain, for logs and dead-letter headers (never for HTTP bodies).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("temporarily unavailable; retry later")]
+    Unavailable(#[source] FulfillError),
+    #[error("internal error")]
+    Internal(#[source] FulfillError),
+}
+
+/// Seconds a client is asked to wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+impl From<FulfillError> for ApiError {
+    fn from(e: FulfillError) -> Self {
+        match e {
+            FulfillError::Stripe(StripeError::NotFound { message }) => Self::NotFound(message),
+            e if e.is_transient() => Self::Unavailable(e),
+            e => Self::Internal(e),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        FulfillError::from(e).into()
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        FulfillError::from(e).into()
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Unavailable(cause) | Self::Internal(cause) = self {
+            tracing::warn!(error = %error_chain(cause), status = %self.status_code(), "API request failed");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::Unavailable(_) => {
+                response.insert_header(("Retry-After", RETRY_AFTER_SECS.to_string()));
+            }
+            Self::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            _ => {}
+        }
+        response.json(json!({ "error": self.to_string() }))
+    }
+}

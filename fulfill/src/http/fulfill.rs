@@ -1,0 +1,27 @@
+//! `POST /checkout/sessions/{id}/fulfill`: the success-page path. Runs the same
+//! idempotent fulfillment as the webhook path, synchronously; safe to race with it.
+//! `GET /checkout/sessions/{id}`: what fulfill has recorded, without asking Stripe.
+
+use actix_web::{HttpResponse, web};
+use shared::ids::CheckoutSessionId;
+
+use super::Authorized;
+use crate::{error::ApiError, fulfillment::Trigger, startup::AppState};
+
+fn session_id(raw: String) -> Result<CheckoutSessionId, ApiError> {
+    CheckoutSessionId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+pub async fn fulfill(_: Authorized, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = session_id(path.into_inner())?;
+    let result = state.fulfiller.fulfill_session(&id, Trigger::Direct).await?;
+    Ok(HttpResponse::Ok().json(result))
+}
+
+pub async fn state(_: Authorized, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = session_id(path.into_inner())?;
+    match state.fulfiller.recorded_state(&id).await? {
+        Some(s) => Ok(HttpResponse::Ok().json(s)),
+        None => Err(ApiError::NotFound(format!("no record of session {id}"))),
+    }
+}

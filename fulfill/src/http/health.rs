@@ -1,0 +1,29 @@
+//! Liveness and readiness (broker + database).
+
+use actix_web::{HttpResponse, web};
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+
+use crate::startup::AppState;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let broker = state.consumer_connected();
+    let database = match state.pool.get().await {
+        Ok(mut conn) => diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok(),
+        Err(_) => false,
+    };
+    let body = json!({
+        "status": if broker && database { "ready" } else { "not_ready" },
+        "broker": if broker { "up" } else { "down" },
+        "database": if database { "up" } else { "down" },
+    });
+    if broker && database {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

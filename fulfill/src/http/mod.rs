@@ -1,0 +1,26 @@
+//! fulfill's HTTP API: the route table, and the bearer-token check of CONTRACT.md.
+
+mod auth;
+mod balance;
+mod fulfill;
+mod health;
+mod ledger;
+mod metrics;
+
+use actix_web::web;
+pub use auth::Authorized;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/users/{user_id}/balance", web::get().to(balance::balance))
+        .route("/users/{user_id}/ledger", web::get().to(ledger::ledger))
+        .route("/checkout/sessions/{session_id}/fulfill", web::post().to(fulfill::fulfill))
+        .route("/checkout/sessions/{session_id}", web::get().to(fulfill::state))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics));
+}
+
+/// Parses a user id from the path, with a clear 400 for one that can never be credited.
+fn user_id(raw: String) -> Result<shared::ids::UserId, crate::error::ApiError> {
+    shared::ids::UserId::parse(raw).map_err(|e| crate::error::ApiError::BadRequest(e.to_string()))
+}

@@ -1,0 +1,145 @@
+//! `Application::build` migrates, connects and binds; `run_until_stopped` serves and
+//! consumes until the token is cancelled, then shuts down in order: stop accepting HTTP
+//! and stop consuming → finish in-flight requests and deliveries → close the broker
+//! connection.
+
+use std::{
+    net::TcpListener,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use actix_web::{App, HttpServer, dev::Server, web};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    consumer::Consumer,
+    db::{self, Pool},
+    fulfillment::Fulfiller,
+    http,
+    metrics::Metrics,
+    stripe::StripeClient,
+};
+
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long start-up keeps retrying migrations while PostgreSQL is unreachable.
+const MIGRATION_PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct AppState {
+    pub pool: Pool,
+    pub fulfiller: Arc<Fulfiller>,
+    pub api_token: Option<SecretString>,
+    pub metrics: Arc<Metrics>,
+    consumer_connected: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn consumer_connected(&self) -> bool {
+        self.consumer_connected.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database migrations failed")]
+    Migrations(#[from] db::MigrationError),
+    #[error("cannot build the Stripe client")]
+    Stripe(#[from] reqwest::Error),
+    #[error("cannot listen on the HTTP address")]
+    Bind(#[from] std::io::Error),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    consumer: Consumer,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        migrate_with_patience(&config.database_url).await?;
+        let listener = TcpListener::bind(config.addr)?;
+        let port = listener.local_addr()?.port();
+        let metrics = Arc::new(Metrics::new());
+        let pool = db::pool(&config.database_url, config.database_pool_size);
+        let stripe = StripeClient::new(config.stripe.clone(), Arc::clone(&metrics))?;
+        let fulfiller = Arc::new(Fulfiller::new(pool.clone(), stripe, Arc::clone(&metrics)));
+        let consumer = Consumer::start(
+            config.amqp.clone(),
+            config.consumer.clone(),
+            Arc::clone(&fulfiller),
+            Arc::clone(&metrics),
+        );
+        let state = web::Data::new(AppState {
+            pool,
+            fulfiller,
+            api_token: config.api_token.clone(),
+            metrics,
+            consumer_connected: consumer.connected_flag(),
+        });
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
+            .listen(listener)?
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+            .workers(2)
+            .run();
+        Ok(Self {
+            port,
+            server,
+            consumer,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let served = tokio::select! {
+            result = &mut server => result,
+            () = shutdown.cancelled() => {
+                tracing::info!("stopping: no new requests or deliveries, finishing in-flight work");
+                let (_, served, ()) = tokio::join!(handle.stop(true), &mut server, self.consumer.stop());
+                tracing::info!("fulfill stopped");
+                return flatten(served);
+            }
+        };
+        self.consumer.stop().await;
+        flatten(served)
+    }
+}
+
+fn flatten(served: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    match served {
+        Ok(result) => result,
+        Err(join) => Err(std::io::Error::other(join)),
+    }
+}
+
+async fn migrate_with_patience(url: &SecretString) -> Result<(), db::MigrationError> {
+    let deadline = tokio::time::Instant::now() + MIGRATION_PATIENCE;
+    let mut attempt = 0;
+    loop {
+        match db::run_migrations(url).await {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "database migrations applied");
+                }
+                return Ok(());
+            }
+            Err(db::MigrationError::Connect(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "PostgreSQL unreachable; retrying migrations");
+                tokio::time::sleep(shared::amqp::backoff(attempt, Duration::from_secs(5))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

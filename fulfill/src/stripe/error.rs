@@ -1,0 +1,60 @@
+//! What can go wrong talking to Stripe, and which of it is worth retrying.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    /// Stripe answered with an error status.
+    #[error("Stripe answered {status}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Api {
+        status: u16,
+        code: Option<String>,
+        message: String,
+        /// 429, 5xx, or `Stripe-Should-Retry: true`.
+        retryable: bool,
+        retry_after: Option<Duration>,
+    },
+    /// 404: the object does not exist (in this account and mode).
+    #[error("Stripe has no such object: {message}")]
+    NotFound { message: String },
+    /// Connection refused or reset, timeout, TLS failure…
+    #[error("request to Stripe failed")]
+    Transport(#[source] reqwest::Error),
+    /// A 2xx body that does not have the shape we rely on.
+    #[error("Stripe's answer could not be read")]
+    Decode(#[source] serde_json::Error),
+    /// A list that claims more pages but returns none, or never ends.
+    #[error("Stripe list paging is inconsistent: {0}")]
+    Paging(String),
+}
+
+impl StripeError {
+    /// Worth trying again later: rate limits, Stripe's 5xx, network trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { retryable, .. } => *retryable,
+            Self::Transport(_) => true,
+            Self::NotFound { .. } | Self::Decode(_) | Self::Paging(_) => false,
+        }
+    }
+
+    /// The wait Stripe asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn status_label(&self) -> String {
+        match self {
+            Self::Api { status, .. } => status.to_string(),
+            Self::NotFound { .. } => "404".to_owned(),
+            Self::Transport(e) if e.is_timeout() => "timeout".to_owned(),
+            Self::Transport(_) => "transport".to_owned(),
+            Self::Decode(_) => "decode".to_owned(),
+            Self::Paging(_) => "paging".to_owned(),
+        }
+    }
+}

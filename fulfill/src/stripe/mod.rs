@@ -1,0 +1,215 @@
+//! The Stripe API client: bearer auth, a pinned `Stripe-Version`, rate limiting, and
+//! retries with exponential backoff and jitter that honour `Stripe-Should-Retry` and
+//! `Retry-After`. <https://docs.stripe.com/error-low-level#idempotency> explains which
+//! failures are safe to retry; every call here is a GET, so all are.
+
+pub mod checkout_session;
+pub mod error;
+pub mod line_items;
+pub mod rate_limit;
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::{StatusCode, header::HeaderMap};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, de::DeserializeOwned};
+
+pub use self::error::StripeError;
+use self::rate_limit::RateLimiter;
+use crate::metrics::{Metrics, StripeLabels};
+
+/// The API version our models are built against (that of the real delivered event).
+pub const STRIPE_VERSION: &str = "2025-04-30.basil";
+
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    pub secret_key: SecretString,
+    pub api_base: String,
+    /// Operations per second this process may spend.
+    pub rate_limit: f64,
+    pub timeout: Duration,
+    /// Retries after the first attempt, within one fulfillment.
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    config: Arc<StripeConfig>,
+    limiter: Arc<RateLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl StripeClient {
+    pub fn new(config: StripeConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        // reqwest is built without a default TLS provider; use ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("stripe-credits-fulfill/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let limiter = Arc::new(RateLimiter::new(config.rate_limit));
+        Ok(Self {
+            http,
+            config: Arc::new(config),
+            limiter,
+            metrics,
+        })
+    }
+
+    /// GETs `path` with `query`, retrying transient failures. `endpoint` labels metrics.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, StripeError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.get_once(endpoint, path, query).await;
+            match result {
+                Err(e) if e.is_transient() && attempt < self.config.max_retries => {
+                    let delay = e
+                        .retry_after()
+                        .map(|d| d.min(self.config.backoff_max))
+                        .unwrap_or_else(|| shared::amqp::backoff_from(self.config.backoff_base, attempt, self.config.backoff_max));
+                    tracing::debug!(endpoint, attempt, error = %e, ?delay, "transient Stripe error; retrying");
+                    self.metrics.stripe_retries.inc();
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_once<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, StripeError> {
+        self.limiter.acquire().await;
+        let url = format!("{}{path}", self.config.api_base.trim_end_matches('/'));
+        let sent = self
+            .http
+            .get(url)
+            .bearer_auth(self.config.secret_key.expose_secret())
+            .header("Stripe-Version", STRIPE_VERSION)
+            .query(query)
+            .send()
+            .await;
+        let result = match sent {
+            Err(e) => Err(StripeError::Transport(e)),
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                match response.bytes().await {
+                    Err(e) => Err(StripeError::Transport(e)),
+                    Ok(body) if status.is_success() => {
+                        serde_json::from_slice(&body).map_err(StripeError::Decode)
+                    }
+                    Ok(body) => Err(api_error(status, &headers, &body)),
+                }
+            }
+        };
+        let status = match &result {
+            Ok(_) => "200".to_owned(),
+            Err(e) => e.status_label(),
+        };
+        self.metrics
+            .stripe_requests
+            .get_or_create(&StripeLabels { endpoint, status })
+            .inc();
+        result
+    }
+}
+
+fn api_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> StripeError {
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok();
+    let code = parsed.as_ref().and_then(|e| e.error.code.clone());
+    let message = parsed
+        .and_then(|e| e.error.message)
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    if status == StatusCode::NOT_FOUND {
+        return StripeError::NotFound { message };
+    }
+    let should_retry = headers
+        .get("Stripe-Should-Retry")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.eq_ignore_ascii_case("true"));
+    let retryable = match should_retry {
+        Some(explicit) => explicit,
+        None => status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
+    };
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    StripeError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        retryable,
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn a_429_is_transient_and_keeps_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert("Retry-After", HeaderValue::from_static("2"));
+        let e = api_error(StatusCode::TOO_MANY_REQUESTS, &h, br#"{"error":{"code":"rate_limit","message":"slow down"}}"#);
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn stripe_should_retry_false_makes_a_5xx_permanent() {
+        let mut h = HeaderMap::new();
+        h.insert("Stripe-Should-Retry", HeaderValue::from_static("false"));
+        assert!(!api_error(StatusCode::INTERNAL_SERVER_ERROR, &h, b"").is_transient());
+    }
+
+    #[test]
+    fn stripe_should_retry_true_makes_a_4xx_transient() {
+        let mut h = HeaderMap::new();
+        h.insert("Stripe-Should-Retry", HeaderValue::from_static("true"));
+        assert!(api_error(StatusCode::CONFLICT, &h, b"").is_transient());
+    }
+
+    #[test]
+    fn a_404_and_other_4xx_are_permanent() {
+        let h = HeaderMap::new();
+        let e = api_error(StatusCode::NOT_FOUND, &h, br#"{"error":{"message":"No such checkout.session: 'cs_x'"}}"#);
+        assert!(matches!(e, StripeError::NotFound { .. }));
+        assert!(!e.is_transient());
+        assert!(!api_error(StatusCode::BAD_REQUEST, &h, b"{}").is_transient());
+        assert!(!api_error(StatusCode::UNAUTHORIZED, &h, b"{}").is_transient());
+    }
+}

@@ -1,0 +1,446 @@
+//! The fake's catalogue, sessions, events and knobs, behind one lock.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::objects::{self, LineItem, Price, Product, Session};
+
+/// Faults and delays applied to every Stripe API request (not to `/_fake/…`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Knobs {
+    /// Added to every answer.
+    pub latency_ms: u64,
+    /// Up to this much more, at random.
+    pub jitter_ms: u64,
+    /// Fraction (0..=1) of requests answered 429 (`rate_limit`).
+    pub rate_429: f64,
+    /// Fraction (0..=1) of requests answered 500/503 with `Stripe-Should-Retry: true`.
+    pub rate_5xx: f64,
+    /// Fraction (0..=1) of requests that hang for `hang_ms` before answering normally.
+    pub rate_hang: f64,
+    pub hang_ms: u64,
+    /// Requests per second beyond which the fake answers 429, like Stripe's limiter.
+    pub rate_limit_per_sec: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    /// Successful `GET /v1/checkout/sessions/{id}`.
+    pub session_fetches: u64,
+    /// Successful `GET /v1/checkout/sessions/{id}/line_items`.
+    pub line_item_pages: u64,
+    pub other_fetches: u64,
+    pub injected_429: u64,
+    pub injected_5xx: u64,
+    pub injected_hangs: u64,
+    /// 429s because the per-second limit was exceeded.
+    pub rate_limited: u64,
+    pub unauthorized: u64,
+    pub not_found: u64,
+    /// Session fetches per session id.
+    pub fetches_by_session: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PriceSpec {
+    /// `price.metadata.credits`, verbatim (may be invalid on purpose).
+    #[serde(default)]
+    pub credits: Option<String>,
+    /// `price.product.metadata.credits`, verbatim.
+    #[serde(default)]
+    pub product_credits: Option<String>,
+    #[serde(default = "default_amount")]
+    pub unit_amount: i64,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Use this id instead of a random one.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+fn default_amount() -> i64 {
+    500
+}
+
+impl PriceSpec {
+    pub fn credits(n: u32) -> Self {
+        Self {
+            credits: Some(n.to_string()),
+            product_credits: None,
+            unit_amount: default_amount(),
+            name: None,
+            id: None,
+        }
+    }
+
+    pub fn product_credits(n: u32) -> Self {
+        Self {
+            credits: None,
+            product_credits: Some(n.to_string()),
+            ..Self::credits(0)
+        }
+    }
+
+    pub fn no_credits() -> Self {
+        Self {
+            credits: None,
+            ..Self::credits(0)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SessionSpec {
+    #[serde(default)]
+    pub client_reference_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// `(price id, quantity)`.
+    pub line_items: Vec<(String, i64)>,
+    #[serde(default = "complete")]
+    pub status: String,
+    #[serde(default = "paid")]
+    pub payment_status: String,
+    /// Becomes `paid` this many milliseconds after creation (async payment methods).
+    #[serde(default)]
+    pub paid_after_ms: Option<u64>,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+fn complete() -> String {
+    "complete".to_owned()
+}
+fn paid() -> String {
+    "paid".to_owned()
+}
+
+impl SessionSpec {
+    /// A complete, paid session for `user` buying `quantity` of `price`.
+    pub fn paid(user: &str, price: &str, quantity: i64) -> Self {
+        Self {
+            client_reference_id: Some(user.to_owned()),
+            metadata: Map::new(),
+            line_items: vec![(price.to_owned(), quantity)],
+            status: complete(),
+            payment_status: paid(),
+            paid_after_ms: None,
+            id: None,
+        }
+    }
+
+    pub fn with_status(mut self, status: &str, payment_status: &str) -> Self {
+        self.status = status.to_owned();
+        self.payment_status = payment_status.to_owned();
+        self
+    }
+}
+
+#[derive(Debug)]
+struct SessionRecord {
+    session: Session,
+    paid_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    knobs: Knobs,
+    stats: Stats,
+    products: HashMap<String, Product>,
+    prices: HashMap<String, Price>,
+    sessions: HashMap<String, SessionRecord>,
+    /// Creation order, for the sessions list.
+    session_order: Vec<String>,
+    /// Events in creation order, for `GET /v1/events`.
+    events: Vec<Value>,
+    /// Requests counted in the current one-second window, for the rate limit.
+    window: Option<(Instant, u32)>,
+}
+
+pub struct State {
+    api_key: String,
+    inner: Mutex<Inner>,
+}
+
+pub(crate) fn random_id(prefix: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let tail: String = (0..len)
+        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// What a gate decided for one API request.
+pub(crate) enum Verdict {
+    Proceed,
+    Unauthorized,
+    RateLimited,
+    Inject429,
+    Inject5xx,
+}
+
+impl State {
+    pub fn new(api_key: &str) -> Self {
+        Self {
+            api_key: api_key.to_owned(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panicking test thread must not wedge every other request.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_knobs(&self, knobs: Knobs) {
+        self.lock().knobs = knobs;
+    }
+
+    pub fn knobs(&self) -> Knobs {
+        self.lock().knobs.clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    pub fn reset_stats(&self) {
+        self.lock().stats = Stats::default();
+    }
+
+    pub fn create_price(&self, spec: PriceSpec) -> String {
+        let mut inner = self.lock();
+        let product_id = random_id("prod_", 14);
+        let mut product_meta = Map::new();
+        if let Some(c) = &spec.product_credits {
+            product_meta.insert("credits".into(), json!(c));
+        }
+        let name = spec.name.clone().unwrap_or_else(|| match (&spec.credits, &spec.product_credits) {
+            (Some(c), _) | (None, Some(c)) => format!("{c} credits"),
+            (None, None) => "A thing without credits".to_owned(),
+        });
+        inner.products.insert(
+            product_id.clone(),
+            Product {
+                id: product_id.clone(),
+                name,
+                metadata: product_meta,
+                created: crate::now(),
+            },
+        );
+        let price_id = spec.id.clone().unwrap_or_else(|| random_id("price_", 24));
+        let mut metadata = Map::new();
+        if let Some(c) = &spec.credits {
+            metadata.insert("credits".into(), json!(c));
+        }
+        inner.prices.insert(
+            price_id.clone(),
+            Price {
+                id: price_id.clone(),
+                product: product_id,
+                unit_amount: spec.unit_amount,
+                currency: "usd".into(),
+                metadata,
+                created: crate::now(),
+            },
+        );
+        price_id
+    }
+
+    /// Creates a session; unknown prices are refused.
+    pub fn create_session(&self, spec: SessionSpec) -> Result<String, String> {
+        let mut inner = self.lock();
+        let mut amount_total = 0;
+        let mut line_items = Vec::with_capacity(spec.line_items.len());
+        for (price, quantity) in &spec.line_items {
+            let p = inner
+                .prices
+                .get(price)
+                .ok_or_else(|| format!("No such price: '{price}'"))?;
+            amount_total += p.unit_amount * quantity;
+            line_items.push(LineItem {
+                id: random_id("li_", 24),
+                price: price.clone(),
+                quantity: *quantity,
+            });
+        }
+        let id = spec
+            .id
+            .clone()
+            .unwrap_or_else(|| random_id("cs_test_", 58));
+        let session = Session {
+            id: id.clone(),
+            created: crate::now(),
+            status: spec.status,
+            payment_status: spec.payment_status,
+            client_reference_id: spec.client_reference_id,
+            metadata: spec.metadata,
+            line_items,
+            payment_intent: random_id("pi_", 24),
+            amount_total,
+            currency: "usd".into(),
+            livemode: false,
+        };
+        let paid_at = spec
+            .paid_after_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        inner.session_order.push(id.clone());
+        inner.sessions.insert(id.clone(), SessionRecord { session, paid_at });
+        Ok(id)
+    }
+
+    /// Changes a session's state, as Stripe does when a customer pays or a session expires.
+    pub fn update_session(&self, id: &str, status: Option<&str>, payment_status: Option<&str>) -> bool {
+        let mut inner = self.lock();
+        let Some(record) = inner.sessions.get_mut(id) else {
+            return false;
+        };
+        if let Some(s) = status {
+            record.session.status = s.to_owned();
+        }
+        if let Some(p) = payment_status {
+            record.session.payment_status = p.to_owned();
+            record.paid_at = None;
+        }
+        true
+    }
+
+    /// Changes a price's metadata (an operator fixing the catalogue).
+    pub fn set_price_credits(&self, price_id: &str, credits: Option<&str>) -> bool {
+        let mut inner = self.lock();
+        let Some(price) = inner.prices.get_mut(price_id) else {
+            return false;
+        };
+        match credits {
+            Some(c) => price.metadata.insert("credits".into(), json!(c)),
+            None => price.metadata.remove("credits"),
+        };
+        true
+    }
+
+    pub(crate) fn session(&self, id: &str) -> Option<Session> {
+        let mut inner = self.lock();
+        let record = inner.sessions.get_mut(id)?;
+        if record.paid_at.is_some_and(|at| Instant::now() >= at) {
+            record.session.payment_status = "paid".into();
+            record.paid_at = None;
+        }
+        Some(record.session.clone())
+    }
+
+    /// A price as Stripe shows it inside a line item; the product expanded or not.
+    pub(crate) fn price_json(&self, price_id: &str, expand_product: bool) -> Value {
+        let inner = self.lock();
+        let Some(price) = inner.prices.get(price_id) else {
+            return Value::Null;
+        };
+        let product = if expand_product {
+            inner
+                .products
+                .get(&price.product)
+                .map_or(Value::Null, Product::to_json)
+        } else {
+            json!(price.product)
+        };
+        price.to_json(product)
+    }
+
+    pub(crate) fn item_json(&self, item: &LineItem, expand_product: bool) -> Value {
+        let price = self.price_json(&item.price, expand_product);
+        let description = price
+            .get("product")
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map_or_else(|| "Credits".to_owned(), str::to_owned);
+        let unit = price.get("unit_amount").and_then(Value::as_i64).unwrap_or(0);
+        objects::item_json(item, price, &description, unit * item.quantity, "usd")
+    }
+
+    /// Builds a webhook event for a session as Stripe would send it (pretty-printed), and
+    /// records it for `GET /v1/events`. Returns `(event id, body)`.
+    pub fn event_for_session(&self, session_id: &str, event_type: &str) -> Option<(String, Vec<u8>)> {
+        let session = self.session(session_id)?;
+        let id = random_id("evt_", 24);
+        let event = objects::event_json(&id, event_type, crate::now(), session.to_json(), false);
+        let body = serde_json::to_vec_pretty(&event).ok()?;
+        self.lock().events.push(event);
+        Some((id, body))
+    }
+
+    /// Records an arbitrary event (for reversals and reconciliation tests).
+    pub fn record_event(&self, event_type: &str, object: Value) -> (String, Vec<u8>) {
+        let id = random_id("evt_", 24);
+        let event = objects::event_json(&id, event_type, crate::now(), object, false);
+        let body = serde_json::to_vec_pretty(&event).unwrap_or_default();
+        self.lock().events.push(event);
+        (id, body)
+    }
+
+    pub(crate) fn events(&self) -> Vec<Value> {
+        self.lock().events.clone()
+    }
+
+    pub(crate) fn sessions_in_order(&self) -> Vec<Session> {
+        let ids = self.lock().session_order.clone();
+        ids.iter().filter_map(|id| self.session(id)).collect()
+    }
+
+    /// Auth, rate limit and fault injection for one API request. Returns the verdict and
+    /// how long to wait before answering.
+    pub(crate) fn gate(&self, authorization: Option<&str>) -> (Verdict, Duration) {
+        let mut inner = self.lock();
+        inner.stats.requests += 1;
+        let knobs = inner.knobs.clone();
+        let mut delay = Duration::from_millis(knobs.latency_ms);
+        if knobs.jitter_ms > 0 {
+            delay += Duration::from_millis(rand::random_range(0..=knobs.jitter_ms));
+        }
+        let expected = format!("Bearer {}", self.api_key);
+        if authorization != Some(expected.as_str()) {
+            inner.stats.unauthorized += 1;
+            return (Verdict::Unauthorized, delay);
+        }
+        if let Some(limit) = knobs.rate_limit_per_sec {
+            let now = Instant::now();
+            let (start, count) = match inner.window {
+                Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
+                    (start, count + 1)
+                }
+                _ => (now, 1),
+            };
+            inner.window = Some((start, count));
+            if count > limit {
+                inner.stats.rate_limited += 1;
+                return (Verdict::RateLimited, delay);
+            }
+        }
+        let roll: f64 = rand::random();
+        if roll < knobs.rate_429 {
+            inner.stats.injected_429 += 1;
+            return (Verdict::Inject429, delay);
+        }
+        if roll < knobs.rate_429 + knobs.rate_5xx {
+            inner.stats.injected_5xx += 1;
+            return (Verdict::Inject5xx, delay);
+        }
+        if rand::random::<f64>() < knobs.rate_hang {
+            inner.stats.injected_hangs += 1;
+            delay += Duration::from_millis(knobs.hang_ms);
+        }
+        (Verdict::Proceed, delay)
+    }
+
+    pub(crate) fn count(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut self.lock().stats);
+    }
+}
