@@ -108,6 +108,16 @@ impl TestBroker {
 
     /// Publishes raw bytes to the events exchange as ingest would (persistent, confirmed).
     pub async fn publish_event(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        self.publish(&self.topology.events_exchange(), routing_key, body, properties)
+            .await;
+    }
+
+    /// Publishes straight into `queue` through the default exchange (persistent, confirmed).
+    pub async fn publish_to_queue(&self, queue: &str, body: &[u8]) {
+        self.publish("", queue, body, BasicProperties::default()).await;
+    }
+
+    async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) {
         let channel = self.connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -115,7 +125,7 @@ impl TestBroker {
             .expect("confirm_select");
         let confirm = channel
             .basic_publish(
-                ShortString::from(self.topology.events_exchange()),
+                ShortString::from(exchange),
                 ShortString::from(routing_key),
                 BasicPublishOptions::default(),
                 body,

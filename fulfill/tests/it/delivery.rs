@@ -1,0 +1,191 @@
+//! However Stripe delivers — twice, concurrently, out of order, stale, to several
+//! consumers, with one dying mid-batch, racing the success page — balances come out exact.
+
+use std::time::Duration;
+
+use fake_stripe::{PriceSpec, SessionSpec};
+use futures_util::future::join_all;
+
+use crate::helpers::{Options, QUIET, World};
+
+const COMPLETED: &str = "checkout.session.completed";
+const SUCCEEDED: &str = "checkout.session.async_payment_succeeded";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_bought_twice_credits_exactly_20_whatever_is_replayed() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let c = &world.client;
+    let pack = world.price(PriceSpec::credits(10));
+    let first = world.session(SessionSpec::paid("buyer", &pack, 1));
+    let second = world.session(SessionSpec::paid("buyer", &pack, 1));
+    let (id1, body1) = world.deliver(&first, COMPLETED).await;
+    let (id2, body2) = world.deliver(&second, COMPLETED).await;
+    app.assert_balance_settles(c, "buyer", 20).await;
+
+    for _ in 0..5 {
+        world.publish(COMPLETED, &id1, &body1).await;
+        world.publish(COMPLETED, &id2, &body2).await;
+    }
+    // New events for the same sessions (Stripe re-sends with new ids after a resend).
+    world.deliver(&first, COMPLETED).await;
+    world.deliver(&second, SUCCEEDED).await;
+    app.assert_balance_settles(c, "buyer", 20).await;
+
+    let ledger: serde_json::Value = app.get(c, "/users/buyer/ledger").await.json().await.unwrap();
+    let entries = ledger.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{ledger}");
+    let mut credited: Vec<&str> = entries.iter().map(|e| e["stripe_session_id"].as_str().unwrap()).collect();
+    credited.sort_unstable();
+    let mut bought = vec![first.as_str(), second.as_str()];
+    bought.sort_unstable();
+    assert_eq!(credited, bought);
+    for entry in entries {
+        assert_eq!(entry["delta"], 10);
+        assert_eq!(entry["reason"], "purchase");
+        assert!(entry["stripe_object_id"].as_str().unwrap().starts_with("pi_"));
+        assert!(entry["stripe_event_id"].as_str().unwrap().starts_with("evt_"));
+        assert!(entry["created_at"].is_string());
+    }
+    // Replays of a settled session cost no Stripe call.
+    assert_eq!(world.stripe.stats().session_fetches, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_delivered_many_times_at_once_credits_once() {
+    let world = World::new().await;
+    let app = world.start(&Options { concurrency: 16, ..Options::default() }).await;
+    let pack = world.price(PriceSpec::credits(10));
+    let session = world.session(SessionSpec::paid("hammered", &pack, 1));
+    let (id, body) = world.event(&session, COMPLETED);
+    join_all((0..30).map(|_| world.publish(COMPLETED, &id, &body))).await;
+    app.assert_balance_settles(&world.client, "hammered", 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_success_arriving_before_completed_credits_once() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    let session = world.session(SessionSpec::paid("early", &pack, 1).with_status("complete", "unpaid"));
+    let completed = world.event(&session, COMPLETED); // built while unpaid, delivered late
+    world.stripe.update_session(&session, None, Some("paid"));
+    world.deliver(&session, SUCCEEDED).await;
+    app.wait_state(&world.client, &session, "credited").await;
+    world.publish(COMPLETED, &completed.0, &completed.1).await;
+    app.assert_balance_settles(&world.client, "early", 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_payload_is_never_trusted() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    // The event says unpaid; Stripe, asked now, says paid: credit.
+    let session = world.session(SessionSpec::paid("stale", &pack, 1).with_status("complete", "unpaid"));
+    let (id, body) = world.event(&session, COMPLETED);
+    world.stripe.update_session(&session, None, Some("paid"));
+    world.publish(COMPLETED, &id, &body).await;
+    app.assert_balance_settles(&world.client, "stale", 10).await;
+
+    // The event says paid; Stripe, asked now, says expired: credit nothing.
+    let other = world.session(SessionSpec::paid("stale2", &pack, 1));
+    let (id, body) = world.event(&other, COMPLETED);
+    world.stripe.update_session(&other, Some("expired"), Some("unpaid"));
+    world.publish(COMPLETED, &id, &body).await;
+    app.wait_state(&world.client, &other, "expired").await;
+    assert_eq!(app.balance(&world.client, "stale2").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_consumers_with_shuffled_duplicates_give_exact_balances() {
+    let world = World::new().await;
+    let a = world.start(&Options::default()).await;
+    let b = world.start(&Options::default()).await;
+    let c = world.start(&Options::default()).await;
+    let single = world.price(PriceSpec::credits(1));
+    let pack = world.price(PriceSpec::product_credits(10));
+    let mut events = Vec::new();
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        let user = format!("user-{}", i % 7);
+        let (price, qty, credits) = if i % 2 == 0 { (&single, 3, 3) } else { (&pack, 1, 10) };
+        let session = world.session(SessionSpec::paid(&user, price, qty));
+        *expected.entry(user).or_insert(0) += credits;
+        let (id, body) = world.event(&session, COMPLETED);
+        for _ in 0..3 {
+            events.push((id.clone(), body.clone()));
+        }
+        events.push(world.event(&session, SUCCEEDED));
+    }
+    // A deterministic shuffle.
+    let n = events.len();
+    for i in 0..n {
+        events.swap(i, (i * 7919 + 13) % n);
+    }
+    for (id, body) in &events {
+        let event_type = if String::from_utf8_lossy(body).contains(SUCCEEDED) { SUCCEEDED } else { COMPLETED };
+        world.publish(event_type, id, body).await;
+    }
+    for (user, credits) in &expected {
+        a.assert_balance_settles(&world.client, user, *credits).await;
+    }
+    for instance in [&b, &c] {
+        for (user, credits) in &expected {
+            assert_eq!(instance.balance(&world.client, user).await, *credits);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_lost_mid_batch_leaves_its_work_to_another_with_exact_balances() {
+    let world = World::new().await;
+    // Slow Stripe so that the first consumer holds many deliveries when it dies.
+    world.set_knobs(fake_stripe::Knobs { latency_ms: 150, ..Default::default() });
+    let doomed = world.start(&Options { via_proxy: true, concurrency: 8, ..Options::default() }).await;
+    let price = world.price(PriceSpec::credits(2));
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        let s = world.session(SessionSpec::paid("survivor", &price, 1));
+        world.deliver(&s, COMPLETED).await;
+        sessions.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    doomed.cut_broker();
+    let heir = world.start(&Options::default()).await;
+    heir.assert_balance_settles(&world.client, "survivor", 60).await;
+    // Every session is credited exactly once in the ledger.
+    let ledger: serde_json::Value = heir
+        .get(&world.client, "/users/survivor/ledger?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger.as_array().unwrap().len(), 30);
+    drop(doomed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_success_page_racing_the_webhook_credits_once() {
+    let world = World::new().await;
+    world.set_knobs(fake_stripe::Knobs { latency_ms: 50, jitter_ms: 50, ..Default::default() });
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    for round in 0..5 {
+        let user = format!("racer-{round}");
+        let session = world.session(SessionSpec::paid(&user, &pack, 1));
+        let webhook = async {
+            world.deliver(&session, COMPLETED).await;
+        };
+        let pages = join_all((0..4).map(|_| app.fulfill(&world.client, &session)));
+        let ((), results) = tokio::join!(webhook, pages);
+        let credited_now = results.iter().filter(|(_, b)| b["credited_now"] == true).count();
+        for (status, body) in &results {
+            assert_eq!(*status, 200, "{body}");
+            assert_eq!(body["state"], "credited");
+        }
+        assert!(credited_now <= 1);
+        app.assert_balance_settles(&world.client, &user, 10).await;
+    }
+    tokio::time::sleep(QUIET).await;
+}
