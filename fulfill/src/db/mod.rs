@@ -27,7 +27,7 @@ pub type PoolError = diesel_async::pooled_connection::bb8::RunError;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Serialises migrations across fulfill processes starting together.
-const MIGRATION_LOCK: i64 = 0x6675_6c66_696c_6c; // "fulfill"
+const MIGRATION_LOCK: i64 = 0x0066_756c_6669_6c6c; // "fulfill"
 
 /// A pool that connects lazily: start-up does not fail while PostgreSQL is restarting.
 pub fn pool(url: &SecretString, max_size: u32) -> Pool {

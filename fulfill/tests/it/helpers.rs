@@ -164,6 +164,13 @@ impl World {
     }
 }
 
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Stop before the broker slice is removed, so nothing re-declares it.
+        self.shutdown.cancel();
+    }
+}
+
 impl Instance {
     pub async fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::Response {
         client.get(format!("{}{path}", self.address)).send().await.expect("request")
@@ -223,9 +230,10 @@ impl Instance {
         self.get(client, "/metrics").await.text().await.expect("metrics")
     }
 
-    pub async fn stop(self) -> std::io::Result<()> {
+    pub async fn stop(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.handle)
+        let handle = std::mem::replace(&mut self.handle, tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(Duration::from_secs(30), handle)
             .await
             .expect("fulfill did not stop in time")
             .expect("fulfill task panicked")

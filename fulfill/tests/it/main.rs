@@ -1,6 +1,9 @@
 //! fulfill against the real RabbitMQ, a real PostgreSQL database per test and the fake
 //! Stripe server. Events are published to the broker exactly as ingest publishes them.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod api;
 mod credits_rule;
 mod delivery;

@@ -115,6 +115,13 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop before the broker slice is removed, so nothing re-declares it.
+        self.shutdown.cancel();
+    }
+}
+
 impl TestApp {
     pub async fn post_webhook(&self, body: Vec<u8>, signature: Option<&str>) -> reqwest::Response {
         let mut request = self
@@ -158,9 +165,10 @@ impl TestApp {
     }
 
     /// Stops like SIGTERM would and returns how the server ended.
-    pub async fn stop(self) -> std::io::Result<()> {
+    pub async fn stop(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.handle)
+        let handle = std::mem::replace(&mut self.handle, tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(Duration::from_secs(20), handle)
             .await
             .expect("ingest did not stop in time")
             .expect("ingest task panicked")

@@ -134,17 +134,17 @@ fn not_found(state: &State, kind: &str, id: &str, param: &str) -> HttpResponse {
 }
 
 /// Page size as Stripe takes it: `limit` 1..=100, default 10.
-fn limit(pairs: &[(String, String)]) -> Result<usize, HttpResponse> {
+fn limit(pairs: &[(String, String)]) -> Result<usize, Box<HttpResponse>> {
     match value(pairs, "limit") {
         None => Ok(10),
         Some(raw) => match raw.parse::<usize>() {
             Ok(n) if (1..=100).contains(&n) => Ok(n),
-            _ => Err(stripe_error(
+            _ => Err(Box::new(stripe_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("parameter_invalid_integer"),
                 "Invalid limit: must be an integer between 1 and 100",
-            )),
+            ))),
         },
     }
 }
@@ -205,7 +205,7 @@ async fn list_line_items(req: HttpRequest, state: web::Data<State>, path: web::P
     let pairs = query_pairs(req.query_string());
     let limit = match limit(&pairs) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let expand_product = values(&pairs, "expand[]").any(|e| e == "data.price.product");
     let items: Vec<Value> = session
@@ -234,7 +234,7 @@ async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpRespons
     let pairs = query_pairs(req.query_string());
     let limit = match limit(&pairs) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let since = created_at_least(&pairs);
     let status = value(&pairs, "status");
@@ -258,7 +258,7 @@ async fn list_events(req: HttpRequest, state: web::Data<State>) -> HttpResponse 
     let pairs = query_pairs(req.query_string());
     let limit = match limit(&pairs) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let since = created_at_least(&pairs);
     let types: Vec<&str> = values(&pairs, "types[]").chain(values(&pairs, "type")).collect();

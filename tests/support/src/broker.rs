@@ -148,18 +148,26 @@ impl Drop for TestBroker {
             let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
                 return;
             };
-            let Ok(channel) = conn.create_channel().await else {
-                return;
-            };
-            for queue in topology.queues() {
-                let _ = channel
-                    .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in topology.exchanges() {
-                let _ = channel
-                    .exchange_delete(ShortString::from(exchange), ExchangeDeleteOptions::default())
-                    .await;
+            // Twice: a service under test that was still shutting down may have
+            // re-declared its topology in between.
+            for round in 0..2 {
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                let Ok(channel) = conn.create_channel().await else {
+                    return;
+                };
+                for queue in topology.queues() {
+                    let _ = channel
+                        .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in topology.exchanges() {
+                    let _ = channel
+                        .exchange_delete(ShortString::from(exchange), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                let _ = channel.close(200, ShortString::from("cleanup")).await;
             }
             let _ = conn.close(200, ShortString::from("cleanup")).await;
         });
