@@ -4,7 +4,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
 use shared::{
-    config::{AmqpConfig, ConfigError, Env, millis_or, optional, parsed_or, required, required_secret},
+    config::{
+        AmqpConfig, ConfigError, Env, millis_or, optional, parsed_or, required, required_secret,
+    },
     telemetry::TelemetryConfig,
 };
 
@@ -55,7 +57,10 @@ impl Config {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let database_url = required(env, DATABASE_URL)?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError::invalid(DATABASE_URL, "must start with postgres:// or postgresql://"));
+            return Err(ConfigError::invalid(
+                DATABASE_URL,
+                "must start with postgres:// or postgresql://",
+            ));
         }
         let secret_key = required_secret(env, STRIPE_SECRET_KEY)?;
         {
@@ -68,22 +73,35 @@ impl Config {
                 ));
             }
         }
-        let api_base = optional(env, STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".to_owned());
+        let api_base =
+            optional(env, STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".to_owned());
         if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-            return Err(ConfigError::invalid(STRIPE_API_BASE, "must be an http(s) URL"));
+            return Err(ConfigError::invalid(
+                STRIPE_API_BASE,
+                "must be an http(s) URL",
+            ));
         }
         let total_rate: f64 = parsed_or(env, STRIPE_RATE_LIMIT, 25.0)?;
         if !(total_rate.is_finite() && total_rate > 0.0) {
-            return Err(ConfigError::invalid(STRIPE_RATE_LIMIT, "must be a positive number"));
+            return Err(ConfigError::invalid(
+                STRIPE_RATE_LIMIT,
+                "must be a positive number",
+            ));
         }
         // The budget is for all fulfill processes together; each takes its share.
         let instances: u32 = parsed_or(env, FULFILL_INSTANCES, 1)?;
         if instances == 0 {
-            return Err(ConfigError::invalid(FULFILL_INSTANCES, "must be at least 1"));
+            return Err(ConfigError::invalid(
+                FULFILL_INSTANCES,
+                "must be at least 1",
+            ));
         }
         let concurrency: usize = parsed_or(env, FULFILL_CONCURRENCY, 16)?;
         if concurrency == 0 {
-            return Err(ConfigError::invalid(FULFILL_CONCURRENCY, "must be at least 1"));
+            return Err(ConfigError::invalid(
+                FULFILL_CONCURRENCY,
+                "must be at least 1",
+            ));
         }
         let prefetch: u16 = parsed_or(env, FULFILL_PREFETCH, 32)?;
         if prefetch == 0 {
@@ -91,7 +109,10 @@ impl Config {
         }
         let max_attempts: u32 = parsed_or(env, FULFILL_MAX_ATTEMPTS, 30)?;
         if max_attempts == 0 {
-            return Err(ConfigError::invalid(FULFILL_MAX_ATTEMPTS, "must be at least 1"));
+            return Err(ConfigError::invalid(
+                FULFILL_MAX_ATTEMPTS,
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             database_url: SecretString::from(database_url),
@@ -146,7 +167,11 @@ mod tests {
 
     #[test]
     fn splits_the_rate_budget_between_instances() {
-        let cfg = Config::from_env(&env(&[(STRIPE_RATE_LIMIT, "100"), (FULFILL_INSTANCES, "4")])).unwrap();
+        let cfg = Config::from_env(&env(&[
+            (STRIPE_RATE_LIMIT, "100"),
+            (FULFILL_INSTANCES, "4"),
+        ]))
+        .unwrap();
         assert_eq!(cfg.stripe.rate_limit, 25.0);
     }
 
@@ -154,16 +179,30 @@ mod tests {
     fn names_each_missing_required_variable() {
         let mut e = env(&[]);
         e.remove(STRIPE_SECRET_KEY);
-        assert_eq!(Config::from_env(&e).unwrap_err(), ConfigError::Missing { name: STRIPE_SECRET_KEY });
+        assert_eq!(
+            Config::from_env(&e).unwrap_err(),
+            ConfigError::Missing {
+                name: STRIPE_SECRET_KEY
+            }
+        );
         let mut e = env(&[]);
         e.remove(DATABASE_URL);
-        assert_eq!(Config::from_env(&e).unwrap_err(), ConfigError::Missing { name: DATABASE_URL });
+        assert_eq!(
+            Config::from_env(&e).unwrap_err(),
+            ConfigError::Missing { name: DATABASE_URL }
+        );
     }
 
     #[test]
     fn refuses_a_publishable_key_without_echoing_it() {
         let err = Config::from_env(&env(&[(STRIPE_SECRET_KEY, "pk_live_VISIBLE")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { name: STRIPE_SECRET_KEY, .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: STRIPE_SECRET_KEY,
+                ..
+            }
+        ));
         assert!(!err.to_string().contains("VISIBLE"));
     }
 

@@ -7,7 +7,11 @@ use secrecy::SecretString;
 use shared::{config::ProcessEnv, shutdown, telemetry};
 
 #[derive(Parser)]
-#[command(name = "fulfill", version, about = "Turns paid Stripe Checkout Sessions into credits, exactly once")]
+#[command(
+    name = "fulfill",
+    version,
+    about = "Turns paid Stripe Checkout Sessions into credits, exactly once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -51,6 +55,13 @@ async fn migrate() -> anyhow::Result<()> {
     let applied = db::run_migrations(&SecretString::from(url))
         .await
         .context("migrations failed")?;
-    println!("migrations applied: {}", if applied.is_empty() { "none pending".to_owned() } else { applied.join(", ") });
+    println!(
+        "migrations applied: {}",
+        if applied.is_empty() {
+            "none pending".to_owned()
+        } else {
+            applied.join(", ")
+        }
+    );
     Ok(())
 }

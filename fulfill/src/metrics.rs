@@ -44,11 +44,23 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("fulfill");
         let events = Family::<EventLabels, Counter>::default();
-        registry.register("events", "Events processed, by type and outcome", events.clone());
+        registry.register(
+            "events",
+            "Events processed, by type and outcome",
+            events.clone(),
+        );
         let credits_granted = Counter::default();
-        registry.register("credits_granted", "Credits added to balances", credits_granted.clone());
+        registry.register(
+            "credits_granted",
+            "Credits added to balances",
+            credits_granted.clone(),
+        );
         let sessions_credited = Counter::default();
-        registry.register("sessions_credited", "Checkout Sessions credited", sessions_credited.clone());
+        registry.register(
+            "sessions_credited",
+            "Checkout Sessions credited",
+            sessions_credited.clone(),
+        );
         let needs_attention = Counter::default();
         registry.register(
             "needs_attention",
@@ -62,7 +74,11 @@ impl Metrics {
             stripe_requests.clone(),
         );
         let stripe_retries = Counter::default();
-        registry.register("stripe_retries", "Stripe API requests retried after a transient failure", stripe_retries.clone());
+        registry.register(
+            "stripe_retries",
+            "Stripe API requests retried after a transient failure",
+            stripe_retries.clone(),
+        );
         let processing_seconds = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "processing_duration_seconds",
@@ -76,11 +92,23 @@ impl Metrics {
             dead_letters.clone(),
         );
         let requeued = Counter::default();
-        registry.register("requeued", "Messages sent to the retry queue after a transient failure", requeued.clone());
+        registry.register(
+            "requeued",
+            "Messages sent to the retry queue after a transient failure",
+            requeued.clone(),
+        );
         let in_flight = Gauge::default();
-        registry.register("in_flight", "Deliveries being processed now", in_flight.clone());
+        registry.register(
+            "in_flight",
+            "Deliveries being processed now",
+            in_flight.clone(),
+        );
         let broker_connected = Gauge::default();
-        registry.register("broker_connected", "1 while consuming from RabbitMQ", broker_connected.clone());
+        registry.register(
+            "broker_connected",
+            "1 while consuming from RabbitMQ",
+            broker_connected.clone(),
+        );
         Self {
             registry,
             events,
@@ -103,7 +131,10 @@ impl Metrics {
             .find(|t| *t == event_type)
             .unwrap_or("other");
         self.events
-            .get_or_create(&EventLabels { event_type, outcome })
+            .get_or_create(&EventLabels {
+                event_type,
+                outcome,
+            })
             .inc();
     }
 }

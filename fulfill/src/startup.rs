@@ -82,12 +82,16 @@ impl Application {
             metrics,
             consumer_connected: consumer.connected_flag(),
         });
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
-            .listen(listener)?
-            .disable_signals()
-            .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-            .workers(2)
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(http::configure)
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .workers(2)
+        .run();
         Ok(Self {
             port,
             server,

@@ -205,6 +205,11 @@ impl Publisher {
         self.inner.closing.cancel();
         if let Some(live) = self.inner.current() {
             self.inner.set(None);
+            for channel in &live.channels {
+                if channel.status().connected() {
+                    let _ = channel.close(200, ShortString::from("shutdown")).await;
+                }
+            }
             if let Err(e) = live
                 .connection
                 .close(200, ShortString::from("shutdown"))

@@ -183,7 +183,10 @@ mod tests {
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(payload);
-        format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+        format!(
+            "t={timestamp},v1={}",
+            hex::encode(mac.finalize().into_bytes())
+        )
     }
     const TOL: Duration = Duration::from_secs(300);
     const PAYLOAD: &[u8] = b"{\n  \"id\": \"evt_test_webhook\",\n  \"object\": \"event\"\n}";

@@ -39,12 +39,19 @@ pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Deli
             ack(&delivery).await
         }
         Err(e) if e.is_transient() && attempts < context.config.max_attempts => {
-            let delay = amqp::backoff_from(context.config.retry_base, attempts - 1, context.config.retry_max);
+            let delay = amqp::backoff_from(
+                context.config.retry_base,
+                attempts - 1,
+                context.config.retry_max,
+            );
             tracing::warn!(error = %error_chain(&e), attempts, delay_ms = delay.as_millis() as u64, "transient failure; retrying later");
             context.metrics.event(&event_type, "retry");
             context.metrics.requeued.inc();
             let mut h = carried_headers(&delivery);
-            h.insert(ShortString::from(headers::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
+            h.insert(
+                ShortString::from(headers::ATTEMPTS),
+                AMQPValue::LongLongInt(i64::from(attempts)),
+            );
             let props = delivery
                 .properties
                 .clone()
@@ -53,20 +60,48 @@ pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Deli
             republish(publish, &context.topology.retry_queue(), &delivery, props).await
         }
         Err(e) => {
-            let kind = if e.is_transient() { "exhausted" } else { e.dead_letter_kind() };
+            let kind = if e.is_transient() {
+                "exhausted"
+            } else {
+                e.dead_letter_kind()
+            };
             let reason = error_chain(&e);
             tracing::error!(error = %reason, kind, attempts, "dead-lettering the message");
             context.metrics.event(&event_type, "dead_lettered");
-            context.metrics.dead_letters.get_or_create(&KindLabels { kind }).inc();
+            context
+                .metrics
+                .dead_letters
+                .get_or_create(&KindLabels { kind })
+                .inc();
             let mut h = carried_headers(&delivery);
-            h.insert(ShortString::from(headers::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
-            h.insert(ShortString::from(headers::DEAD_REASON), long(truncate(&reason, 1000)));
+            h.insert(
+                ShortString::from(headers::ATTEMPTS),
+                AMQPValue::LongLongInt(i64::from(attempts)),
+            );
+            h.insert(
+                ShortString::from(headers::DEAD_REASON),
+                long(truncate(&reason, 1000)),
+            );
             h.insert(ShortString::from(headers::DEAD_KIND), long(kind));
-            h.insert(ShortString::from(headers::ORIGINAL_ROUTING_KEY), long(&delivery.routing_key.to_string()));
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            h.insert(ShortString::from(headers::DEAD_AT), AMQPValue::Timestamp(now));
+            h.insert(
+                ShortString::from(headers::ORIGINAL_ROUTING_KEY),
+                long(&delivery.routing_key.to_string()),
+            );
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            h.insert(
+                ShortString::from(headers::DEAD_AT),
+                AMQPValue::Timestamp(now),
+            );
             let props = delivery.properties.clone().with_headers(h);
-            republish(publish, &context.topology.dead_letter_queue(), &delivery, props).await
+            republish(
+                publish,
+                &context.topology.dead_letter_queue(),
+                &delivery,
+                props,
+            )
+            .await
         }
     };
     if let Err(e) = settled {
@@ -74,7 +109,10 @@ pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Deli
         tracing::warn!(error = %e, "could not settle the delivery; it will be redelivered");
     }
     context.metrics.in_flight.dec();
-    context.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+    context
+        .metrics
+        .processing_seconds
+        .observe(started.elapsed().as_secs_f64());
 }
 
 async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
@@ -83,7 +121,12 @@ async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
 
 /// Publishes a copy to `queue` (default exchange), waits for the confirm, then acks the
 /// original. If the copy is not confirmed, the original is requeued instead.
-async fn republish(publish: &Channel, queue: &str, delivery: &Delivery, props: BasicProperties) -> Result<(), lapin::Error> {
+async fn republish(
+    publish: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    props: BasicProperties,
+) -> Result<(), lapin::Error> {
     let confirmed = async {
         publish
             .basic_publish(
@@ -121,7 +164,10 @@ fn carried_headers(delivery: &Delivery) -> FieldTable {
     if let Some(h) = delivery.properties.headers() {
         for (k, v) in h.inner() {
             // x-death and friends belong to the broker's own dead-lettering.
-            if !k.as_str().starts_with("x-death") && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death") {
+            if !k.as_str().starts_with("x-death")
+                && !k.as_str().starts_with("x-first-death")
+                && !k.as_str().starts_with("x-last-death")
+            {
                 out.insert(k.clone(), v.clone());
             }
         }

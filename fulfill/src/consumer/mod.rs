@@ -45,7 +45,12 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn start(amqp_config: AmqpConfig, config: ConsumerConfig, fulfiller: Arc<Fulfiller>, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        amqp_config: AmqpConfig,
+        config: ConsumerConfig,
+        fulfiller: Arc<Fulfiller>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let connected = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let context = Arc::new(Context {
@@ -54,7 +59,12 @@ impl Consumer {
             topology: Topology::new(amqp_config.topology_prefix.clone()),
             config,
         });
-        let task = tokio::spawn(supervise(amqp_config, context, Arc::clone(&connected), stop.clone()));
+        let task = tokio::spawn(supervise(
+            amqp_config,
+            context,
+            Arc::clone(&connected),
+            stop.clone(),
+        ));
         Self {
             connected,
             stop,
@@ -79,7 +89,12 @@ impl Consumer {
     }
 }
 
-async fn supervise(amqp_config: AmqpConfig, context: Arc<Context>, connected: Arc<AtomicBool>, stop: CancellationToken) {
+async fn supervise(
+    amqp_config: AmqpConfig,
+    context: Arc<Context>,
+    connected: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
     let mut attempt: u32 = 0;
     while !stop.is_cancelled() {
         match open(&amqp_config, &context).await {
@@ -88,10 +103,19 @@ async fn supervise(amqp_config: AmqpConfig, context: Arc<Context>, connected: Ar
                 connected.store(true, Ordering::SeqCst);
                 context.metrics.broker_connected.set(1);
                 tracing::info!(queue = %context.topology.checkout_queue(), "consuming");
-                let stopped = consume_until_lost(&context, &consume, publish, &stop).await;
+                let publish = Arc::new(publish);
+                let stopped =
+                    consume_until_lost(&context, &consume, Arc::clone(&publish), &stop).await;
                 connected.store(false, Ordering::SeqCst);
                 context.metrics.broker_connected.set(0);
-                let _ = connection.close(200, ShortString::from("bye")).await;
+                for channel in [&consume, publish.as_ref()] {
+                    if channel.status().connected() {
+                        let _ = channel.close(200, ShortString::from("bye")).await;
+                    }
+                }
+                if connection.status().connected() {
+                    let _ = connection.close(200, ShortString::from("bye")).await;
+                }
                 if stopped {
                     tracing::info!("consumer stopped");
                     return;
@@ -109,7 +133,10 @@ async fn supervise(amqp_config: AmqpConfig, context: Arc<Context>, connected: Ar
     }
 }
 
-async fn open(amqp_config: &AmqpConfig, context: &Context) -> Result<(Connection, Channel, Channel), lapin::Error> {
+async fn open(
+    amqp_config: &AmqpConfig,
+    context: &Context,
+) -> Result<(Connection, Channel, Channel), lapin::Error> {
     let connection = amqp::connect(amqp_config, "fulfill").await?;
     let consume = connection.create_channel().await?;
     context.topology.declare(&consume).await?;
@@ -119,13 +146,24 @@ async fn open(amqp_config: &AmqpConfig, context: &Context) -> Result<(Connection
         .basic_qos(context.config.prefetch, BasicQosOptions::default())
         .await?;
     let publish = connection.create_channel().await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok((connection, consume, publish))
 }
 
 /// Returns true when stopped on purpose, false when the connection was lost.
-async fn consume_until_lost(context: &Arc<Context>, consume: &Channel, publish: Channel, stop: &CancellationToken) -> bool {
-    let tag = format!("fulfill-{}-{:08x}", std::process::id(), rand::random::<u32>());
+async fn consume_until_lost(
+    context: &Arc<Context>,
+    consume: &Channel,
+    publish: Arc<Channel>,
+    stop: &CancellationToken,
+) -> bool {
+    let tag = format!(
+        "fulfill-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     let mut deliveries = match consume
         .basic_consume(
             ShortString::from(context.topology.checkout_queue()),
@@ -141,7 +179,6 @@ async fn consume_until_lost(context: &Arc<Context>, consume: &Channel, publish: 
             return false;
         }
     };
-    let publish = Arc::new(publish);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(context.config.concurrency));
     let stopped = loop {
@@ -174,7 +211,10 @@ async fn consume_until_lost(context: &Arc<Context>, consume: &Channel, publish: 
     };
     if stopped {
         let _ = consume
-            .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
+            .basic_cancel(
+                ShortString::from(tag.as_str()),
+                BasicCancelOptions::default(),
+            )
             .await;
     }
     tracker.close();

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use diesel::{Connection, RunQueryDsl};
 use diesel_async::{
-    AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper,
+    AsyncPgConnection,
+    async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{AsyncDieselConnectionManager, bb8},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};

@@ -51,4 +51,9 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(balances, checkout_sessions, ledger_entries, stripe_events,);
+diesel::allow_tables_to_appear_in_same_query!(
+    balances,
+    checkout_sessions,
+    ledger_entries,
+    stripe_events,
+);

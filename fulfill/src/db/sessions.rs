@@ -87,7 +87,10 @@ pub struct SessionUpdate<'a> {
     pub last_event_id: Option<&'a str>,
 }
 
-pub async fn find(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<Option<SessionRow>> {
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    session_id: &str,
+) -> QueryResult<Option<SessionRow>> {
     checkout_sessions::table
         .find(session_id)
         .select(SessionRow::as_select())
@@ -98,7 +101,10 @@ pub async fn find(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult
 
 /// Creates the row if needed and locks it until the caller's transaction ends, so that
 /// concurrent fulfillments of one session run one after the other.
-pub async fn lock_or_create(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<SessionRow> {
+pub async fn lock_or_create(
+    conn: &mut AsyncPgConnection,
+    session_id: &str,
+) -> QueryResult<SessionRow> {
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
@@ -115,7 +121,11 @@ pub async fn lock_or_create(conn: &mut AsyncPgConnection, session_id: &str) -> Q
         .await
 }
 
-pub async fn update(conn: &mut AsyncPgConnection, session_id: &str, changes: &SessionUpdate<'_>) -> QueryResult<SessionRow> {
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    session_id: &str,
+    changes: &SessionUpdate<'_>,
+) -> QueryResult<SessionRow> {
     diesel::update(checkout_sessions::table.find(session_id))
         .set((changes, checkout_sessions::updated_at.eq(diesel::dsl::now)))
         .returning(SessionRow::as_returning())
@@ -124,7 +134,10 @@ pub async fn update(conn: &mut AsyncPgConnection, session_id: &str, changes: &Se
 }
 
 /// Sessions that need an operator, most recently changed first.
-pub async fn needing_attention(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<SessionRow>> {
+pub async fn needing_attention(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> QueryResult<Vec<SessionRow>> {
     checkout_sessions::table
         .filter(checkout_sessions::state.eq(SessionState::NeedsAttention.as_str()))
         .order(checkout_sessions::updated_at.desc())

@@ -76,7 +76,10 @@ fn credit(session: &CheckoutSession) -> Result<(UserId, i64), String> {
 }
 
 fn user(session: &CheckoutSession) -> Result<UserId, String> {
-    let (source, raw) = match (&session.client_reference_id, session.metadata.as_ref().and_then(|m| m.get("user_id"))) {
+    let (source, raw) = match (
+        &session.client_reference_id,
+        session.metadata.as_ref().and_then(|m| m.get("user_id")),
+    ) {
         (Some(id), _) if !id.is_empty() => ("client_reference_id", id),
         (_, Some(id)) if !id.is_empty() => ("metadata.user_id", id),
         _ => return Err("the session has neither client_reference_id nor metadata.user_id".into()),
@@ -138,7 +141,12 @@ mod tests {
     const PRODUCT: &str = include_str!("../../../../shared/stripe-fixtures/product.json");
 
     /// A line item from the fixture with its price's and (expanded) product's credits.
-    fn item(id: &str, quantity: i64, price_credits: Option<&str>, product_credits: Option<&str>) -> Value {
+    fn item(
+        id: &str,
+        quantity: i64,
+        price_credits: Option<&str>,
+        product_credits: Option<&str>,
+    ) -> Value {
         let mut item: Value = serde_json::from_str(ITEM).unwrap();
         let mut product: Value = serde_json::from_str(PRODUCT).unwrap();
         item["id"] = json!(id);
@@ -161,7 +169,8 @@ mod tests {
         s["status"] = json!("complete");
         s["payment_status"] = json!("paid");
         s["client_reference_id"] = json!(user);
-        s["line_items"] = json!({"object": "list", "data": items, "has_more": false, "url": "/v1/x"});
+        s["line_items"] =
+            json!({"object": "list", "data": items, "has_more": false, "url": "/v1/x"});
         s
     }
 
@@ -185,13 +194,19 @@ mod tests {
 
     #[test]
     fn credits_a_single_credit() {
-        let d = decide_json(session(Some("alice"), vec![item("li_1", 1, Some("1"), None)]));
+        let d = decide_json(session(
+            Some("alice"),
+            vec![item("li_1", 1, Some("1"), None)],
+        ));
         assert_eq!(d, credit("alice", 1));
     }
 
     #[test]
     fn credits_a_pack_times_its_quantity() {
-        let d = decide_json(session(Some("alice"), vec![item("li_1", 3, Some("10"), None)]));
+        let d = decide_json(session(
+            Some("alice"),
+            vec![item("li_1", 3, Some("10"), None)],
+        ));
         assert_eq!(d, credit("alice", 30));
     }
 
@@ -199,20 +214,29 @@ mod tests {
     fn sums_several_line_items() {
         let d = decide_json(session(
             Some("alice"),
-            vec![item("li_1", 2, Some("1"), None), item("li_2", 1, None, Some("10"))],
+            vec![
+                item("li_1", 2, Some("1"), None),
+                item("li_2", 1, None, Some("10")),
+            ],
         ));
         assert_eq!(d, credit("alice", 12));
     }
 
     #[test]
     fn price_metadata_wins_over_product_metadata() {
-        let d = decide_json(session(Some("alice"), vec![item("li_1", 1, Some("5"), Some("50"))]));
+        let d = decide_json(session(
+            Some("alice"),
+            vec![item("li_1", 1, Some("5"), Some("50"))],
+        ));
         assert_eq!(d, credit("alice", 5));
     }
 
     #[test]
     fn falls_back_to_product_metadata() {
-        let d = decide_json(session(Some("alice"), vec![item("li_1", 2, None, Some("10"))]));
+        let d = decide_json(session(
+            Some("alice"),
+            vec![item("li_1", 2, None, Some("10"))],
+        ));
         assert_eq!(d, credit("alice", 20));
     }
 
@@ -238,7 +262,10 @@ mod tests {
 
     #[test]
     fn needs_attention_for_a_user_id_with_a_nul() {
-        let d = decide_json(session(Some("a\u{0}b"), vec![item("li_1", 1, Some("1"), None)]));
+        let d = decide_json(session(
+            Some("a\u{0}b"),
+            vec![item("li_1", 1, Some("1"), None)],
+        ));
         assert!(needs_attention(&d).contains("control character"));
     }
 
@@ -246,15 +273,31 @@ mod tests {
     fn needs_attention_for_an_item_without_credits_and_names_it() {
         let d = decide_json(session(
             Some("alice"),
-            vec![item("li_ok", 1, Some("1"), None), item("li_bad", 1, None, None)],
+            vec![
+                item("li_ok", 1, Some("1"), None),
+                item("li_bad", 1, None, None),
+            ],
         ));
         assert!(needs_attention(&d).contains("li_bad"), "{d:?}");
     }
 
     #[test]
     fn needs_attention_for_credits_that_are_not_a_positive_decimal() {
-        for bad in ["0", "-1", "1.5", "1e3", " 10", "+10", "ten", "", "99999999999999999999"] {
-            let d = decide_json(session(Some("alice"), vec![item("li_1", 1, Some(bad), None)]));
+        for bad in [
+            "0",
+            "-1",
+            "1.5",
+            "1e3",
+            " 10",
+            "+10",
+            "ten",
+            "",
+            "99999999999999999999",
+        ] {
+            let d = decide_json(session(
+                Some("alice"),
+                vec![item("li_1", 1, Some(bad), None)],
+            ));
             needs_attention(&d);
         }
     }

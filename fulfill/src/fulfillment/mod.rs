@@ -38,7 +38,10 @@ pub const ASYNC_PAYMENT_SUCCEEDED: &str = "checkout.session.async_payment_succee
 /// What set a fulfillment off.
 #[derive(Debug, Clone, Copy)]
 pub enum Trigger<'a> {
-    Event { id: &'a EventId, event_type: &'a str },
+    Event {
+        id: &'a EventId,
+        event_type: &'a str,
+    },
     /// The success page, an operator, reconciliation.
     Direct,
 }
@@ -124,9 +127,14 @@ impl Fulfiller {
     }
 
     /// Handles one checkout event from the queue.
-    #[tracing::instrument(name = "fulfill.event", skip_all, fields(event_id, event_type, session_id))]
+    #[tracing::instrument(
+        name = "fulfill.event",
+        skip_all,
+        fields(event_id, event_type, session_id)
+    )]
     pub async fn handle_event(&self, body: &[u8]) -> Result<EventOutcome, FulfillError> {
-        let envelope = EventEnvelope::parse(body).map_err(|e| FulfillError::Malformed(e.to_string()))?;
+        let envelope =
+            EventEnvelope::parse(body).map_err(|e| FulfillError::Malformed(e.to_string()))?;
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
         span.record("event_type", envelope.event_type.as_str());
@@ -137,7 +145,8 @@ impl Fulfiller {
             .object_id()
             .ok_or_else(|| FulfillError::Malformed("data.object.id is missing".into()))
             .and_then(|id| {
-                CheckoutSessionId::parse(id).map_err(|e| FulfillError::Malformed(format!("data.object.id: {e}")))
+                CheckoutSessionId::parse(id)
+                    .map_err(|e| FulfillError::Malformed(format!("data.object.id: {e}")))
             })?;
         span.record("session_id", session_id.as_str());
 
@@ -201,7 +210,10 @@ impl Fulfiller {
     }
 
     /// The state fulfill has recorded for a session, if any (no Stripe call).
-    pub async fn recorded_state(&self, session_id: &CheckoutSessionId) -> Result<Option<FulfillmentState>, FulfillError> {
+    pub async fn recorded_state(
+        &self,
+        session_id: &CheckoutSessionId,
+    ) -> Result<Option<FulfillmentState>, FulfillError> {
         let mut conn = self.pool.get().await?;
         Ok(sessions::find(&mut conn, session_id.as_str())
             .await?
@@ -273,7 +285,10 @@ async fn persist(
                     reason: Some(None),
                     ..snapshot
                 };
-                (sessions::update(conn, session_id.as_str(), &update).await?, applied)
+                (
+                    sessions::update(conn, session_id.as_str(), &update).await?,
+                    applied,
+                )
             }
             Decision::NeedsAttention { reason } => {
                 let update = SessionUpdate {
@@ -281,7 +296,16 @@ async fn persist(
                     reason: Some(Some(reason.as_str())),
                     ..snapshot
                 };
-                (sessions::update(conn, session_id.as_str(), &update).await?, false)
+                (
+                    sessions::update(conn, session_id.as_str(), &update).await?,
+                    false,
+                )
+            }
+            Decision::NotYetPaid if row.state() != SessionState::Pending => {
+                // A fetch older than what another delivery already recorded (failed,
+                // expired, paid-but-needs-attention): Stripe's states only move forward,
+                // so an "unpaid" view never overwrites them.
+                (row, false)
             }
             Decision::NotYetPaid => {
                 let failed = trigger.event_type() == Some(ASYNC_PAYMENT_FAILED)
@@ -296,14 +320,20 @@ async fn persist(
                     state: Some(state.as_str()),
                     ..snapshot
                 };
-                (sessions::update(conn, session_id.as_str(), &update).await?, false)
+                (
+                    sessions::update(conn, session_id.as_str(), &update).await?,
+                    false,
+                )
             }
             Decision::Expired => {
                 let update = SessionUpdate {
                     state: Some(SessionState::Expired.as_str()),
                     ..snapshot
                 };
-                (sessions::update(conn, session_id.as_str(), &update).await?, false)
+                (
+                    sessions::update(conn, session_id.as_str(), &update).await?,
+                    false,
+                )
             }
         }
     };
@@ -311,7 +341,14 @@ async fn persist(
     let state = FulfillmentState::from_row(&row, credited_now);
     if let Trigger::Event { id, event_type } = trigger {
         let outcome = EventOutcome::Fulfilled(state.clone()).label();
-        db::events::record(conn, id.as_str(), event_type, Some(session_id.as_str()), outcome).await?;
+        db::events::record(
+            conn,
+            id.as_str(),
+            event_type,
+            Some(session_id.as_str()),
+            outcome,
+        )
+        .await?;
     }
     Ok(state)
 }
@@ -333,6 +370,9 @@ mod tests {
     #[test]
     fn a_failed_session_is_still_checked_on_a_success_event() {
         assert!(!is_final_for(SessionState::Failed, ASYNC_PAYMENT_SUCCEEDED));
-        assert!(is_final_for(SessionState::Failed, "checkout.session.completed"));
+        assert!(is_final_for(
+            SessionState::Failed,
+            "checkout.session.completed"
+        ));
     }
 }

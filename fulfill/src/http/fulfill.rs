@@ -12,13 +12,24 @@ fn session_id(raw: String) -> Result<CheckoutSessionId, ApiError> {
     CheckoutSessionId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-pub async fn fulfill(_: Authorized, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn fulfill(
+    _: Authorized,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
-    let result = state.fulfiller.fulfill_session(&id, Trigger::Direct).await?;
+    let result = state
+        .fulfiller
+        .fulfill_session(&id, Trigger::Direct)
+        .await?;
     Ok(HttpResponse::Ok().json(result))
 }
 
-pub async fn state(_: Authorized, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn state(
+    _: Authorized,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
     match state.fulfiller.recorded_state(&id).await? {
         Some(s) => Ok(HttpResponse::Ok().json(s)),

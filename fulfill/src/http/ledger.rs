@@ -26,7 +26,9 @@ pub async fn ledger(
 ) -> Result<HttpResponse, ApiError> {
     let user = super::user_id(path.into_inner())?;
     if !(1..=1000).contains(&page.limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
     }
     let mut conn = state.pool.get().await?;
     let entries = ledger::entries(&mut conn, user.as_str(), page.after, page.limit).await?;

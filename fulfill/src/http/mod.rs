@@ -13,8 +13,14 @@ pub use auth::Authorized;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/users/{user_id}/balance", web::get().to(balance::balance))
         .route("/users/{user_id}/ledger", web::get().to(ledger::ledger))
-        .route("/checkout/sessions/{session_id}/fulfill", web::post().to(fulfill::fulfill))
-        .route("/checkout/sessions/{session_id}", web::get().to(fulfill::state))
+        .route(
+            "/checkout/sessions/{session_id}/fulfill",
+            web::post().to(fulfill::fulfill),
+        )
+        .route(
+            "/checkout/sessions/{session_id}",
+            web::get().to(fulfill::state),
+        )
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(metrics::metrics));

@@ -156,7 +156,10 @@ pub struct CheckoutSession {
 /// Fetches the session with its line items, prices and products in one call, then pages
 /// through the remaining line items only if there are more than the first page.
 #[tracing::instrument(name = "stripe.fetch_checkout_session", skip_all, fields(session_id = %id))]
-pub async fn fetch(client: &StripeClient, id: &CheckoutSessionId) -> Result<CheckoutSession, StripeError> {
+pub async fn fetch(
+    client: &StripeClient,
+    id: &CheckoutSessionId,
+) -> Result<CheckoutSession, StripeError> {
     let mut session: CheckoutSession = client
         .get(
             "checkout_sessions.retrieve",
@@ -187,8 +190,9 @@ mod tests {
     use super::*;
 
     const SESSION: &str = include_str!("../../../../shared/stripe-fixtures/checkout_session.json");
-    const EVENT: &str =
-        include_str!("../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
+    const EVENT: &str = include_str!(
+        "../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json"
+    );
     const LIST: &str = include_str!("../../../../shared/stripe-fixtures/list_line_items.json");
 
     #[test]
@@ -198,7 +202,10 @@ mod tests {
         assert_eq!(s.payment_status, PaymentStatus::Unpaid);
         assert_eq!(s.client_reference_id, None);
         assert!(s.line_items.is_none());
-        assert_eq!(s.payment_intent.as_ref().map(Expandable::id), Some("pi_1PgafyB7WZ01zgkWSjxsAJo3"));
+        assert_eq!(
+            s.payment_intent.as_ref().map(Expandable::id),
+            Some("pi_1PgafyB7WZ01zgkWSjxsAJo3")
+        );
     }
 
     #[test]
@@ -207,7 +214,10 @@ mod tests {
         let s: CheckoutSession = serde_json::from_value(event["data"]["object"].clone()).unwrap();
         assert_eq!(s.status, Some(SessionStatus::Complete));
         assert_eq!(s.payment_status, PaymentStatus::Paid);
-        assert_eq!(s.client_reference_id.as_deref(), Some("746bcb9d-403a-43b8-89ae-47595b55d6ed"));
+        assert_eq!(
+            s.client_reference_id.as_deref(),
+            Some("746bcb9d-403a-43b8-89ae-47595b55d6ed")
+        );
         assert_eq!(s.amount_total, Some(900));
     }
 

@@ -46,5 +46,7 @@ pub async fn fetch_rest(
         items.data.extend(page.data);
         items.has_more = page.has_more;
     }
-    Err(StripeError::Paging(format!("more than {MAX_PAGES} pages of line items")))
+    Err(StripeError::Paging(format!(
+        "more than {MAX_PAGES} pages of line items"
+    )))
 }

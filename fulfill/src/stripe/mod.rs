@@ -64,7 +64,10 @@ impl StripeClient {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("stripe-credits-fulfill/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "stripe-credits-fulfill/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()?;
         let limiter = Arc::new(RateLimiter::new(config.rate_limit));
         Ok(Self {
@@ -90,7 +93,13 @@ impl StripeClient {
                     let delay = e
                         .retry_after()
                         .map(|d| d.min(self.config.backoff_max))
-                        .unwrap_or_else(|| shared::amqp::backoff_from(self.config.backoff_base, attempt, self.config.backoff_max));
+                        .unwrap_or_else(|| {
+                            shared::amqp::backoff_from(
+                                self.config.backoff_base,
+                                attempt,
+                                self.config.backoff_max,
+                            )
+                        });
                     tracing::debug!(endpoint, attempt, error = %e, ?delay, "transient Stripe error; retrying");
                     self.metrics.stripe_retries.inc();
                     tokio::time::sleep(delay).await;
@@ -184,7 +193,11 @@ mod tests {
     fn a_429_is_transient_and_keeps_retry_after() {
         let mut h = HeaderMap::new();
         h.insert("Retry-After", HeaderValue::from_static("2"));
-        let e = api_error(StatusCode::TOO_MANY_REQUESTS, &h, br#"{"error":{"code":"rate_limit","message":"slow down"}}"#);
+        let e = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"error":{"code":"rate_limit","message":"slow down"}}"#,
+        );
         assert!(e.is_transient());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
     }
@@ -206,7 +219,11 @@ mod tests {
     #[test]
     fn a_404_and_other_4xx_are_permanent() {
         let h = HeaderMap::new();
-        let e = api_error(StatusCode::NOT_FOUND, &h, br#"{"error":{"message":"No such checkout.session: 'cs_x'"}}"#);
+        let e = api_error(
+            StatusCode::NOT_FOUND,
+            &h,
+            br#"{"error":{"message":"No such checkout.session: 'cs_x'"}}"#,
+        );
         assert!(matches!(e, StripeError::NotFound { .. }));
         assert!(!e.is_transient());
         assert!(!api_error(StatusCode::BAD_REQUEST, &h, b"{}").is_transient());

@@ -11,7 +11,10 @@ async fn a_user_never_credited_has_a_zero_balance_and_an_empty_ledger() {
     let app = world.start(&Options::default()).await;
     let r = app.get(&world.client, "/users/nobody/balance").await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap(), serde_json::json!({"user_id": "nobody", "credits": 0}));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        serde_json::json!({"user_id": "nobody", "credits": 0})
+    );
     let r = app.get(&world.client, "/users/nobody/ledger").await;
     assert_eq!(r.json::<Value>().await.unwrap(), serde_json::json!([]));
 }
@@ -22,7 +25,12 @@ async fn hostile_user_ids_credit_cleanly_or_are_refused_cleanly() {
     let app = world.start(&Options::default()).await;
     let price = world.price(PriceSpec::credits(4));
     let long = "é".repeat(500);
-    for user in ["o'brien\"; DROP TABLE balances; --", "ünïcødé 🚀", long.as_str(), "%2F..%2F"] {
+    for user in [
+        "o'brien\"; DROP TABLE balances; --",
+        "ünïcødé 🚀",
+        long.as_str(),
+        "%2F..%2F",
+    ] {
         let s = world.session(SessionSpec::paid(user, &price, 1));
         let (status, body) = app.fulfill(&world.client, &s).await;
         assert_eq!(status, 200, "{body}");
@@ -33,7 +41,12 @@ async fn hostile_user_ids_credit_cleanly_or_are_refused_cleanly() {
     let (status, body) = app.fulfill(&world.client, &nul).await;
     assert_eq!(status, 200);
     assert_eq!(body["state"], "needs_attention");
-    let r = app.get(&world.client, &format!("/users/{}/balance", encode("a\u{1}b"))).await;
+    let r = app
+        .get(
+            &world.client,
+            &format!("/users/{}/balance", encode("a\u{1}b")),
+        )
+        .await;
     assert_eq!(r.status(), 400);
 }
 
@@ -48,9 +61,14 @@ async fn the_success_page_path_reports_the_state_and_errors_clearly() {
     assert_eq!(body["state"], "pending");
     assert_eq!(body["credited_now"], false);
 
-    world.stripe.update_session(&open, Some("complete"), Some("paid"));
+    world
+        .stripe
+        .update_session(&open, Some("complete"), Some("paid"));
     let (status, body) = app.fulfill(&world.client, &open).await;
-    assert_eq!((status, body["state"].as_str(), body["credits"].as_i64()), (200, Some("credited"), Some(10)));
+    assert_eq!(
+        (status, body["state"].as_str(), body["credits"].as_i64()),
+        (200, Some("credited"), Some(10))
+    );
     assert_eq!(body["credited_now"], true);
     let (_, again) = app.fulfill(&world.client, &open).await;
     assert_eq!(again["credited_now"], false);
@@ -71,19 +89,43 @@ async fn the_success_page_path_reports_the_state_and_errors_clearly() {
 async fn with_a_token_set_balances_and_checkout_need_it_but_health_and_metrics_do_not() {
     let world = World::new().await;
     let app = world
-        .start(&Options { api_token: Some("s3cret-token".into()), ..Options::default() })
+        .start(&Options {
+            api_token: Some("s3cret-token".into()),
+            ..Options::default()
+        })
         .await;
     let c = &world.client;
-    for path in ["/users/u/balance", "/users/u/ledger", "/checkout/sessions/cs_test_x"] {
+    for path in [
+        "/users/u/balance",
+        "/users/u/ledger",
+        "/checkout/sessions/cs_test_x",
+    ] {
         let r = app.get(c, path).await;
         assert_eq!(r.status(), 401, "{path}");
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        let r = c.get(format!("{}{path}", app.address)).bearer_auth("wrong").send().await.unwrap();
+        let r = c
+            .get(format!("{}{path}", app.address))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{path}");
     }
-    let r = c.post(format!("{}/checkout/sessions/cs_test_x/fulfill", app.address)).send().await.unwrap();
+    let r = c
+        .post(format!(
+            "{}/checkout/sessions/cs_test_x/fulfill",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.get(format!("{}/users/u/balance", app.address)).bearer_auth("s3cret-token").send().await.unwrap();
+    let r = c
+        .get(format!("{}/users/u/balance", app.address))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(app.get(c, path).await.status(), 200, "{path}");

@@ -32,10 +32,18 @@ async fn a_pack_bought_twice_credits_exactly_20_whatever_is_replayed() {
     world.deliver(&second, SUCCEEDED).await;
     app.assert_balance_settles(c, "buyer", 20).await;
 
-    let ledger: serde_json::Value = app.get(c, "/users/buyer/ledger").await.json().await.unwrap();
+    let ledger: serde_json::Value = app
+        .get(c, "/users/buyer/ledger")
+        .await
+        .json()
+        .await
+        .unwrap();
     let entries = ledger.as_array().unwrap();
     assert_eq!(entries.len(), 2, "{ledger}");
-    let mut credited: Vec<&str> = entries.iter().map(|e| e["stripe_session_id"].as_str().unwrap()).collect();
+    let mut credited: Vec<&str> = entries
+        .iter()
+        .map(|e| e["stripe_session_id"].as_str().unwrap())
+        .collect();
     credited.sort_unstable();
     let mut bought = vec![first.as_str(), second.as_str()];
     bought.sort_unstable();
@@ -43,8 +51,18 @@ async fn a_pack_bought_twice_credits_exactly_20_whatever_is_replayed() {
     for entry in entries {
         assert_eq!(entry["delta"], 10);
         assert_eq!(entry["reason"], "purchase");
-        assert!(entry["stripe_object_id"].as_str().unwrap().starts_with("pi_"));
-        assert!(entry["stripe_event_id"].as_str().unwrap().starts_with("evt_"));
+        assert!(
+            entry["stripe_object_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("pi_")
+        );
+        assert!(
+            entry["stripe_event_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("evt_")
+        );
         assert!(entry["created_at"].is_string());
     }
     // Replays of a settled session cost no Stripe call.
@@ -54,12 +72,18 @@ async fn a_pack_bought_twice_credits_exactly_20_whatever_is_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_many_times_at_once_credits_once() {
     let world = World::new().await;
-    let app = world.start(&Options { concurrency: 16, ..Options::default() }).await;
+    let app = world
+        .start(&Options {
+            concurrency: 16,
+            ..Options::default()
+        })
+        .await;
     let pack = world.price(PriceSpec::credits(10));
     let session = world.session(SessionSpec::paid("hammered", &pack, 1));
     let (id, body) = world.event(&session, COMPLETED);
     join_all((0..30).map(|_| world.publish(COMPLETED, &id, &body))).await;
-    app.assert_balance_settles(&world.client, "hammered", 10).await;
+    app.assert_balance_settles(&world.client, "hammered", 10)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +91,8 @@ async fn async_success_arriving_before_completed_credits_once() {
     let world = World::new().await;
     let app = world.start(&Options::default()).await;
     let pack = world.price(PriceSpec::credits(10));
-    let session = world.session(SessionSpec::paid("early", &pack, 1).with_status("complete", "unpaid"));
+    let session =
+        world.session(SessionSpec::paid("early", &pack, 1).with_status("complete", "unpaid"));
     let completed = world.event(&session, COMPLETED); // built while unpaid, delivered late
     world.stripe.update_session(&session, None, Some("paid"));
     world.deliver(&session, SUCCEEDED).await;
@@ -82,7 +107,8 @@ async fn a_stale_payload_is_never_trusted() {
     let app = world.start(&Options::default()).await;
     let pack = world.price(PriceSpec::credits(10));
     // The event says unpaid; Stripe, asked now, says paid: credit.
-    let session = world.session(SessionSpec::paid("stale", &pack, 1).with_status("complete", "unpaid"));
+    let session =
+        world.session(SessionSpec::paid("stale", &pack, 1).with_status("complete", "unpaid"));
     let (id, body) = world.event(&session, COMPLETED);
     world.stripe.update_session(&session, None, Some("paid"));
     world.publish(COMPLETED, &id, &body).await;
@@ -91,7 +117,9 @@ async fn a_stale_payload_is_never_trusted() {
     // The event says paid; Stripe, asked now, says expired: credit nothing.
     let other = world.session(SessionSpec::paid("stale2", &pack, 1));
     let (id, body) = world.event(&other, COMPLETED);
-    world.stripe.update_session(&other, Some("expired"), Some("unpaid"));
+    world
+        .stripe
+        .update_session(&other, Some("expired"), Some("unpaid"));
     world.publish(COMPLETED, &id, &body).await;
     app.wait_state(&world.client, &other, "expired").await;
     assert_eq!(app.balance(&world.client, "stale2").await, 0);
@@ -109,7 +137,11 @@ async fn several_consumers_with_shuffled_duplicates_give_exact_balances() {
     let mut expected = std::collections::BTreeMap::new();
     for i in 0..40 {
         let user = format!("user-{}", i % 7);
-        let (price, qty, credits) = if i % 2 == 0 { (&single, 3, 3) } else { (&pack, 1, 10) };
+        let (price, qty, credits) = if i % 2 == 0 {
+            (&single, 3, 3)
+        } else {
+            (&pack, 1, 10)
+        };
         let session = world.session(SessionSpec::paid(&user, price, qty));
         *expected.entry(user).or_insert(0) += credits;
         let (id, body) = world.event(&session, COMPLETED);
@@ -124,11 +156,16 @@ async fn several_consumers_with_shuffled_duplicates_give_exact_balances() {
         events.swap(i, (i * 7919 + 13) % n);
     }
     for (id, body) in &events {
-        let event_type = if String::from_utf8_lossy(body).contains(SUCCEEDED) { SUCCEEDED } else { COMPLETED };
+        let event_type = if String::from_utf8_lossy(body).contains(SUCCEEDED) {
+            SUCCEEDED
+        } else {
+            COMPLETED
+        };
         world.publish(event_type, id, body).await;
     }
     for (user, credits) in &expected {
-        a.assert_balance_settles(&world.client, user, *credits).await;
+        a.assert_balance_settles(&world.client, user, *credits)
+            .await;
     }
     for instance in [&b, &c] {
         for (user, credits) in &expected {
@@ -141,8 +178,17 @@ async fn several_consumers_with_shuffled_duplicates_give_exact_balances() {
 async fn a_consumer_lost_mid_batch_leaves_its_work_to_another_with_exact_balances() {
     let world = World::new().await;
     // Slow Stripe so that the first consumer holds many deliveries when it dies.
-    world.set_knobs(fake_stripe::Knobs { latency_ms: 150, ..Default::default() });
-    let doomed = world.start(&Options { via_proxy: true, concurrency: 8, ..Options::default() }).await;
+    world.set_knobs(fake_stripe::Knobs {
+        latency_ms: 150,
+        ..Default::default()
+    });
+    let doomed = world
+        .start(&Options {
+            via_proxy: true,
+            concurrency: 8,
+            ..Options::default()
+        })
+        .await;
     let price = world.price(PriceSpec::credits(2));
     let mut sessions = Vec::new();
     for _ in 0..30 {
@@ -153,7 +199,8 @@ async fn a_consumer_lost_mid_batch_leaves_its_work_to_another_with_exact_balance
     tokio::time::sleep(Duration::from_millis(400)).await;
     doomed.cut_broker();
     let heir = world.start(&Options::default()).await;
-    heir.assert_balance_settles(&world.client, "survivor", 60).await;
+    heir.assert_balance_settles(&world.client, "survivor", 60)
+        .await;
     // Every session is credited exactly once in the ledger.
     let ledger: serde_json::Value = heir
         .get(&world.client, "/users/survivor/ledger?limit=1000")
@@ -168,7 +215,11 @@ async fn a_consumer_lost_mid_batch_leaves_its_work_to_another_with_exact_balance
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_success_page_racing_the_webhook_credits_once() {
     let world = World::new().await;
-    world.set_knobs(fake_stripe::Knobs { latency_ms: 50, jitter_ms: 50, ..Default::default() });
+    world.set_knobs(fake_stripe::Knobs {
+        latency_ms: 50,
+        jitter_ms: 50,
+        ..Default::default()
+    });
     let app = world.start(&Options::default()).await;
     let pack = world.price(PriceSpec::credits(10));
     for round in 0..5 {
@@ -179,7 +230,10 @@ async fn the_success_page_racing_the_webhook_credits_once() {
         };
         let pages = join_all((0..4).map(|_| app.fulfill(&world.client, &session)));
         let ((), results) = tokio::join!(webhook, pages);
-        let credited_now = results.iter().filter(|(_, b)| b["credited_now"] == true).count();
+        let credited_now = results
+            .iter()
+            .filter(|(_, b)| b["credited_now"] == true)
+            .count();
         for (status, body) in &results {
             assert_eq!(*status, 200, "{body}");
             assert_eq!(body["state"], "credited");

@@ -60,7 +60,11 @@ impl World {
         test_support::init_tracing();
         let broker = TestBroker::new().await;
         let db = TestDb::new().await;
-        let stripe = Arc::new(FakeStripe::start(fake_stripe::DEFAULT_API_KEY).await.expect("fake Stripe"));
+        let stripe = Arc::new(
+            FakeStripe::start(fake_stripe::DEFAULT_API_KEY)
+                .await
+                .expect("fake Stripe"),
+        );
         Self {
             broker,
             db,
@@ -101,8 +105,10 @@ impl World {
     pub async fn start(&self, options: &Options) -> Instance {
         let mut config = self.config(options);
         let proxy = if options.via_proxy {
-            let proxy = test_support::proxy::TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-            config.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+            let proxy =
+                test_support::proxy::TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+            config.amqp.url =
+                SecretString::from(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
             Some(proxy)
         } else {
             None
@@ -118,7 +124,12 @@ impl World {
             handle,
         };
         let ready = test_support::wait_for(Duration::from_secs(15), || async {
-            let r = self.client.get(format!("{}/readyz", instance.address)).send().await.ok()?;
+            let r = self
+                .client
+                .get(format!("{}/readyz", instance.address))
+                .send()
+                .await
+                .ok()?;
             (r.status() == 200).then_some(())
         })
         .await;
@@ -136,7 +147,9 @@ impl World {
 
     /// Builds the event Stripe would send for the session now; returns `(id, body)`.
     pub fn event(&self, session_id: &str, event_type: &str) -> (String, Vec<u8>) {
-        self.stripe.event_for_session(session_id, event_type).expect("session exists")
+        self.stripe
+            .event_for_session(session_id, event_type)
+            .expect("session exists")
     }
 
     /// Publishes an event body as ingest does.
@@ -160,7 +173,9 @@ impl World {
     }
 
     pub async fn dead_letters(&self) -> Vec<test_support::broker::Received> {
-        self.broker.drain(&self.broker.topology.dead_letter_queue(), QUIET).await
+        self.broker
+            .drain(&self.broker.topology.dead_letter_queue(), QUIET)
+            .await
     }
 }
 
@@ -173,38 +188,68 @@ impl Drop for Instance {
 
 impl Instance {
     pub async fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::Response {
-        client.get(format!("{}{path}", self.address)).send().await.expect("request")
+        client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn balance(&self, client: &reqwest::Client, user: &str) -> i64 {
         let path = format!("/users/{}/balance", encode(user));
-        let body: Value = self.get(client, &path).await.json().await.expect("balance JSON");
+        let body: Value = self
+            .get(client, &path)
+            .await
+            .json()
+            .await
+            .expect("balance JSON");
         body["credits"].as_i64().expect("credits")
     }
 
     /// Waits for the balance to reach `expected`, then checks it stays there.
-    pub async fn assert_balance_settles(&self, client: &reqwest::Client, user: &str, expected: i64) {
+    pub async fn assert_balance_settles(
+        &self,
+        client: &reqwest::Client,
+        user: &str,
+        expected: i64,
+    ) {
         let reached = test_support::wait_for(SETTLE, || async {
             (self.balance(client, user).await == expected).then_some(())
         })
         .await;
         let now = self.balance(client, user).await;
-        assert!(reached.is_some(), "balance of {user} is {now}, expected {expected}");
+        assert!(
+            reached.is_some(),
+            "balance of {user} is {now}, expected {expected}"
+        );
         tokio::time::sleep(QUIET).await;
-        assert_eq!(self.balance(client, user).await, expected, "balance of {user} moved after settling");
+        assert_eq!(
+            self.balance(client, user).await,
+            expected,
+            "balance of {user} moved after settling"
+        );
     }
 
     pub async fn session_state(&self, client: &reqwest::Client, session_id: &str) -> Option<Value> {
-        let r = self.get(client, &format!("/checkout/sessions/{session_id}")).await;
+        let r = self
+            .get(client, &format!("/checkout/sessions/{session_id}"))
+            .await;
         if r.status() == 404 {
             return None;
         }
         Some(r.json().await.expect("session JSON"))
     }
 
-    pub async fn wait_state(&self, client: &reqwest::Client, session_id: &str, state: &str) -> Value {
+    pub async fn wait_state(
+        &self,
+        client: &reqwest::Client,
+        session_id: &str,
+        state: &str,
+    ) -> Value {
         let found = test_support::wait_for(SETTLE, || async {
-            self.session_state(client, session_id).await.filter(|s| s["state"] == state)
+            self.session_state(client, session_id)
+                .await
+                .filter(|s| s["state"] == state)
         })
         .await;
         match found {
@@ -218,7 +263,10 @@ impl Instance {
 
     pub async fn fulfill(&self, client: &reqwest::Client, session_id: &str) -> (u16, Value) {
         let r = client
-            .post(format!("{}/checkout/sessions/{session_id}/fulfill", self.address))
+            .post(format!(
+                "{}/checkout/sessions/{session_id}/fulfill",
+                self.address
+            ))
             .send()
             .await
             .expect("request");
@@ -227,7 +275,11 @@ impl Instance {
     }
 
     pub async fn metrics(&self, client: &reqwest::Client) -> String {
-        self.get(client, "/metrics").await.text().await.expect("metrics")
+        self.get(client, "/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics")
     }
 
     pub async fn stop(mut self) -> std::io::Result<()> {

@@ -13,16 +13,29 @@ const COMPLETED: &str = "checkout.session.completed";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_server_errors_are_retried_until_credited() {
     let world = World::new().await;
-    world.set_knobs(Knobs { rate_429: 0.3, rate_5xx: 0.3, ..Default::default() });
-    let app = world.start(&Options { max_attempts: 50, ..Options::default() }).await;
+    world.set_knobs(Knobs {
+        rate_429: 0.3,
+        rate_5xx: 0.3,
+        ..Default::default()
+    });
+    let app = world
+        .start(&Options {
+            max_attempts: 50,
+            ..Options::default()
+        })
+        .await;
     let price = world.price(PriceSpec::credits(1));
     for _ in 0..20 {
         let s = world.session(SessionSpec::paid("persistent", &price, 1));
         world.deliver(&s, COMPLETED).await;
     }
-    app.assert_balance_settles(&world.client, "persistent", 20).await;
+    app.assert_balance_settles(&world.client, "persistent", 20)
+        .await;
     let stats = world.stripe.stats();
-    assert!(stats.injected_429 > 0 && stats.injected_5xx > 0, "{stats:?}");
+    assert!(
+        stats.injected_429 > 0 && stats.injected_5xx > 0,
+        "{stats:?}"
+    );
     assert!(world.dead_letters().await.is_empty());
     let m = app.metrics(&world.client).await;
     assert!(metric(&m, "fulfill_stripe_retries_total") > 0.0, "{m}");
@@ -31,16 +44,25 @@ async fn rate_limits_and_server_errors_are_retried_until_credited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_hang_past_the_timeout_are_retried() {
     let world = World::new().await;
-    world.set_knobs(Knobs { rate_hang: 0.4, hang_ms: 3_000, ..Default::default() });
+    world.set_knobs(Knobs {
+        rate_hang: 0.4,
+        hang_ms: 3_000,
+        ..Default::default()
+    });
     let app = world
-        .start(&Options { stripe_timeout: Duration::from_millis(500), max_attempts: 50, ..Options::default() })
+        .start(&Options {
+            stripe_timeout: Duration::from_millis(500),
+            max_attempts: 50,
+            ..Options::default()
+        })
         .await;
     let price = world.price(PriceSpec::credits(1));
     for _ in 0..8 {
         let s = world.session(SessionSpec::paid("patient", &price, 1));
         world.deliver(&s, COMPLETED).await;
     }
-    app.assert_balance_settles(&world.client, "patient", 8).await;
+    app.assert_balance_settles(&world.client, "patient", 8)
+        .await;
     assert!(world.stripe.stats().injected_hangs > 0);
 }
 
@@ -53,19 +75,31 @@ async fn a_session_stripe_does_not_know_is_dead_lettered_with_the_reason() {
     let (_, body) = world.event(&real, COMPLETED);
     let ghost = "cs_test_ghost0000000000000000000000000000000000000000000000000";
     let forged = String::from_utf8(body).unwrap().replace(&real, ghost);
-    world.publish(COMPLETED, "evt_ghost0001", forged.as_bytes()).await;
+    world
+        .publish(COMPLETED, "evt_ghost0001", forged.as_bytes())
+        .await;
 
     let dead = world
         .broker
-        .take(&world.broker.topology.dead_letter_queue(), Duration::from_secs(10))
+        .take(
+            &world.broker.topology.dead_letter_queue(),
+            Duration::from_secs(10),
+        )
         .await
         .expect("dead-lettered");
-    assert_eq!(dead.body, forged.as_bytes(), "the dead letter is the original message");
+    assert_eq!(
+        dead.body,
+        forged.as_bytes(),
+        "the dead letter is the original message"
+    );
     let h = dead.properties.headers().as_ref();
     assert_eq!(header_str(h, headers::DEAD_KIND), Some("permanent"));
     let reason = header_str(h, headers::DEAD_REASON).unwrap();
     assert!(reason.contains("No such checkout.session"), "{reason}");
-    assert_eq!(header_str(h, headers::ORIGINAL_ROUTING_KEY), Some(COMPLETED));
+    assert_eq!(
+        header_str(h, headers::ORIGINAL_ROUTING_KEY),
+        Some(COMPLETED)
+    );
     assert_eq!(header_int(h, headers::ATTEMPTS), Some(1));
     assert_eq!(app.balance(&world.client, "someone").await, 0);
 }
@@ -73,14 +107,25 @@ async fn a_session_stripe_does_not_know_is_dead_lettered_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_beyond_the_attempt_limit_are_dead_lettered_not_dropped() {
     let world = World::new().await;
-    world.set_knobs(Knobs { rate_5xx: 1.0, ..Default::default() });
-    let app = world.start(&Options { max_attempts: 3, ..Options::default() }).await;
+    world.set_knobs(Knobs {
+        rate_5xx: 1.0,
+        ..Default::default()
+    });
+    let app = world
+        .start(&Options {
+            max_attempts: 3,
+            ..Options::default()
+        })
+        .await;
     let price = world.price(PriceSpec::credits(1));
     let s = world.session(SessionSpec::paid("unlucky", &price, 1));
     world.deliver(&s, COMPLETED).await;
     let dead = world
         .broker
-        .take(&world.broker.topology.dead_letter_queue(), Duration::from_secs(15))
+        .take(
+            &world.broker.topology.dead_letter_queue(),
+            Duration::from_secs(15),
+        )
         .await
         .expect("dead-lettered after its attempts");
     let h = dead.properties.headers().as_ref();
@@ -105,15 +150,25 @@ async fn poison_messages_are_dead_lettered_and_never_block_the_queue() {
     let price = world.price(PriceSpec::credits(7));
     let s = world.session(SessionSpec::paid("after-poison", &price, 1));
     world.deliver(&s, COMPLETED).await;
-    app.assert_balance_settles(&world.client, "after-poison", 7).await;
+    app.assert_balance_settles(&world.client, "after-poison", 7)
+        .await;
 
     let dead = world.dead_letters().await;
     assert_eq!(dead.len(), 3);
     for d in &dead {
         let h = d.properties.headers().as_ref();
-        assert_eq!(header_str(h, headers::DEAD_KIND), Some("poison"), "{:?}", String::from_utf8_lossy(&d.body));
+        assert_eq!(
+            header_str(h, headers::DEAD_KIND),
+            Some("poison"),
+            "{:?}",
+            String::from_utf8_lossy(&d.body)
+        );
         assert!(!header_str(h, headers::DEAD_REASON).unwrap().is_empty());
     }
     let m = app.metrics(&world.client).await;
-    assert_eq!(metric(&m, "fulfill_dead_letters_total{kind=\"poison\"}"), 3.0, "{m}");
+    assert_eq!(
+        metric(&m, "fulfill_dead_letters_total{kind=\"poison\"}"),
+        3.0,
+        "{m}"
+    );
 }

@@ -18,8 +18,16 @@ async fn with_no_broker_the_answer_is_503_with_retry_after() {
     assert!(retry_after.to_str().unwrap().parse::<u64>().unwrap() > 0);
     let error: serde_json::Value = response.json().await.unwrap();
     let text = error["error"].as_str().unwrap();
-    assert!(!text.contains("127.0.0.1") && !text.contains("guest"), "5xx body leaks internals: {text}");
-    assert!(app.broker.take(&app.broker.topology.checkout_queue(), QUIET).await.is_none());
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("guest"),
+        "5xx body leaks internals: {text}"
+    );
+    assert!(
+        app.broker
+            .take(&app.broker.topology.checkout_queue(), QUIET)
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -36,7 +44,10 @@ async fn ingest_answers_503_while_the_broker_is_cut_and_recovers_without_restart
     assert_eq!(app.post_signed(before.clone()).await.status(), 200);
 
     proxy.cut();
-    assert!(app.wait_not_ready(Duration::from_secs(10)).await, "readyz must report the broker down");
+    assert!(
+        app.wait_not_ready(Duration::from_secs(10)).await,
+        "readyz must report the broker down"
+    );
     let (_, during) = event("checkout.session.completed");
     for _ in 0..3 {
         let response = app.post_signed(during.clone()).await;
@@ -45,13 +56,20 @@ async fn ingest_answers_503_while_the_broker_is_cut_and_recovers_without_restart
     }
 
     proxy.restore();
-    assert!(app.wait_ready(Duration::from_secs(20)).await, "ingest did not reconnect");
+    assert!(
+        app.wait_ready(Duration::from_secs(20)).await,
+        "ingest did not reconnect"
+    );
     // Stripe retries the event it got a 503 for; now it lands.
     assert_eq!(app.post_signed(during.clone()).await.status(), 200);
 
     let got = app.broker.drain(&queue, QUIET).await;
     let bodies: Vec<&[u8]> = got.iter().map(|m| m.body.as_slice()).collect();
-    assert_eq!(bodies, vec![before.as_slice(), during.as_slice()], "only the 2xx-answered events are in the queue");
+    assert_eq!(
+        bodies,
+        vec![before.as_slice(), during.as_slice()],
+        "only the 2xx-answered events are in the queue"
+    );
 }
 
 #[tokio::test]

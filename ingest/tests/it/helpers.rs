@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "whsec_test_ingest_secret_1";
 pub const ROTATED_SECRET: &str = "whsec_test_ingest_secret_2";
-pub const REAL_EVENT: &[u8] =
-    include_bytes!("../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
+pub const REAL_EVENT: &[u8] = include_bytes!(
+    "../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json"
+);
 pub const QUIET: Duration = Duration::from_millis(700);
 
 pub struct TestApp {
@@ -85,7 +86,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         handle,
     };
     if !options.unreachable_broker {
-        assert!(test_app.wait_ready(Duration::from_secs(15)).await, "ingest never became ready");
+        assert!(
+            test_app.wait_ready(Duration::from_secs(15)).await,
+            "ingest never became ready"
+        );
     }
     test_app
 }
@@ -111,7 +115,12 @@ pub fn event(event_type: &str) -> (String, Vec<u8>) {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish()
 }
 

@@ -16,18 +16,48 @@ async fn metrics_count_requests_by_outcome_and_failures_by_reason() {
     let (_, body) = event("checkout.session.expired");
     assert_eq!(app.post_signed(body.clone()).await.status(), 200);
     let wrong = signature(&body, "whsec_wrong");
-    assert_eq!(app.post_webhook(body.clone(), Some(&wrong)).await.status(), 400);
+    assert_eq!(
+        app.post_webhook(body.clone(), Some(&wrong)).await.status(),
+        400
+    );
     assert_eq!(app.post_webhook(body, None).await.status(), 400);
 
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let m = response.text().await.unwrap();
-    assert_eq!(counter(&m, "ingest_webhook_requests_total{outcome=\"accepted\"}"), 2.0, "{m}");
-    assert_eq!(counter(&m, "ingest_webhook_requests_total{outcome=\"bad_signature\"}"), 2.0);
-    assert_eq!(counter(&m, "ingest_signature_failures_total{reason=\"no_match\"}"), 1.0);
-    assert_eq!(counter(&m, "ingest_signature_failures_total{reason=\"missing_header\"}"), 1.0);
-    assert_eq!(counter(&m, "ingest_publish_duration_seconds_count{result=\"ack\"}"), 2.0);
+    assert_eq!(
+        counter(&m, "ingest_webhook_requests_total{outcome=\"accepted\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(
+            &m,
+            "ingest_webhook_requests_total{outcome=\"bad_signature\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        counter(&m, "ingest_signature_failures_total{reason=\"no_match\"}"),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &m,
+            "ingest_signature_failures_total{reason=\"missing_header\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(&m, "ingest_publish_duration_seconds_count{result=\"ack\"}"),
+        2.0
+    );
     assert_eq!(counter(&m, "ingest_broker_connected"), 1.0);
 }
 

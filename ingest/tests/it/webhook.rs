@@ -1,6 +1,9 @@
 use serde_json::Value;
 
-use crate::helpers::{QUIET, REAL_EVENT, ROTATED_SECRET, SECRET, Options, event, now, signature, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Options, QUIET, REAL_EVENT, ROTATED_SECRET, SECRET, event, now, signature, spawn_app,
+    spawn_app_with,
+};
 
 #[tokio::test]
 async fn a_valid_event_lands_in_the_checkout_queue_byte_for_byte() {
@@ -12,18 +15,39 @@ async fn a_valid_event_lands_in_the_checkout_queue_byte_for_byte() {
 
     let message = app
         .broker
-        .take(&app.broker.topology.checkout_queue(), std::time::Duration::from_secs(5))
+        .take(
+            &app.broker.topology.checkout_queue(),
+            std::time::Duration::from_secs(5),
+        )
         .await
         .expect("the event is in the checkout queue");
-    assert_eq!(message.body, REAL_EVENT, "published bytes differ from the received bytes");
+    assert_eq!(
+        message.body, REAL_EVENT,
+        "published bytes differ from the received bytes"
+    );
     assert_eq!(message.routing_key, "checkout.session.completed");
     assert_eq!(message.exchange, app.broker.topology.events_exchange());
     let props = &message.properties;
-    assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some("evt_1RL4opGMYJBaxnOIgMhDDV71"));
-    assert_eq!(props.kind().as_ref().map(|s| s.as_str()), Some("checkout.session.completed"));
-    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some("evt_1RL4opGMYJBaxnOIgMhDDV71")
+    );
+    assert_eq!(
+        props.kind().as_ref().map(|s| s.as_str()),
+        Some("checkout.session.completed")
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
     assert_eq!(*props.delivery_mode(), Some(2), "must be persistent");
-    assert!(app.broker.take(&app.broker.topology.checkout_queue(), QUIET).await.is_none(), "exactly one copy");
+    assert!(
+        app.broker
+            .take(&app.broker.topology.checkout_queue(), QUIET)
+            .await
+            .is_none(),
+        "exactly one copy"
+    );
 }
 
 #[tokio::test]
@@ -31,22 +55,40 @@ async fn a_pretty_printed_event_signed_with_the_rotated_secret_is_accepted_uncha
     let app = spawn_app().await;
     let (_, body) = event("checkout.session.async_payment_succeeded");
     let sig = signature(&body, ROTATED_SECRET);
-    assert_eq!(app.post_webhook(body.clone(), Some(&sig)).await.status(), 200);
+    assert_eq!(
+        app.post_webhook(body.clone(), Some(&sig)).await.status(),
+        200
+    );
     let message = app
         .broker
-        .take(&app.broker.topology.checkout_queue(), std::time::Duration::from_secs(5))
+        .take(
+            &app.broker.topology.checkout_queue(),
+            std::time::Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(message.body, body);
-    assert_eq!(message.routing_key, "checkout.session.async_payment_succeeded");
+    assert_eq!(
+        message.routing_key,
+        "checkout.session.async_payment_succeeded"
+    );
 }
 
 async fn assert_rejected(app: &crate::helpers::TestApp, response: reqwest::Response, status: u16) {
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.expect("a JSON error body");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
-    for queue in [app.broker.topology.checkout_queue(), app.broker.topology.unrouted_queue()] {
-        assert!(app.broker.take(&queue, QUIET).await.is_none(), "a rejected event reached {queue}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    for queue in [
+        app.broker.topology.checkout_queue(),
+        app.broker.topology.unrouted_queue(),
+    ] {
+        assert!(
+            app.broker.take(&queue, QUIET).await.is_none(),
+            "a rejected event reached {queue}"
+        );
     }
 }
 
@@ -61,8 +103,14 @@ async fn invalid_signatures_are_rejected_with_400_and_land_nowhere() {
         ("garbage header", Some("nonsense".into())),
         ("wrong secret", Some(signature(&body, "whsec_someone_else"))),
         ("no v1", Some(good.replace("v1=", "v0="))),
-        ("stale", Some(fake_stripe::sign_webhook(&body, SECRET, now() - 400))),
-        ("future", Some(fake_stripe::sign_webhook(&body, SECRET, now() + 400))),
+        (
+            "stale",
+            Some(fake_stripe::sign_webhook(&body, SECRET, now() - 400)),
+        ),
+        (
+            "future",
+            Some(fake_stripe::sign_webhook(&body, SECRET, now() + 400)),
+        ),
     ];
     for (name, header) in cases {
         let response = app.post_webhook(body.clone(), header.as_deref()).await;
@@ -128,12 +176,27 @@ async fn an_event_nobody_consumes_goes_to_the_bounded_unrouted_queue() {
     assert_eq!(app.post_signed(body.clone()).await.status(), 200);
     let message = app
         .broker
-        .take(&app.broker.topology.unrouted_queue(), std::time::Duration::from_secs(5))
+        .take(
+            &app.broker.topology.unrouted_queue(),
+            std::time::Duration::from_secs(5),
+        )
         .await
         .expect("kept in the unrouted queue");
     assert_eq!(message.body, body);
-    assert_eq!(message.properties.message_id().as_ref().map(|s| s.to_string()), Some(id));
-    assert!(app.broker.take(&app.broker.topology.checkout_queue(), QUIET).await.is_none());
+    assert_eq!(
+        message
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        Some(id)
+    );
+    assert!(
+        app.broker
+            .take(&app.broker.topology.checkout_queue(), QUIET)
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -142,7 +205,10 @@ async fn the_same_event_delivered_twice_is_published_twice_for_fulfill_to_dedupl
     let (_, body) = event("checkout.session.completed");
     assert_eq!(app.post_signed(body.clone()).await.status(), 200);
     assert_eq!(app.post_signed(body.clone()).await.status(), 200);
-    let got = app.broker.drain(&app.broker.topology.checkout_queue(), QUIET).await;
+    let got = app
+        .broker
+        .drain(&app.broker.topology.checkout_queue(), QUIET)
+        .await;
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m.body == body));
 }

@@ -8,6 +8,7 @@
 //! | `POST /_fake/sessions/{id}` `{"status"?, "payment_status"?}` | changes its state |
 //! | `POST /_fake/sessions/{id}/events` `{"type"}` | builds (and records) the webhook event → `{"id","body"}` with `body` the exact pretty-printed bytes as a string |
 //! | `POST /_fake/prices/{id}` `{"credits": "10" or null}` | changes `price.metadata.credits` |
+//! | `GET /_fake/events/{id}` | a recorded event → `{"id","type","body"}` (for replays) |
 //! | `GET/PUT /_fake/knobs` [`Knobs`] | reads or sets faults and latency |
 //! | `GET /_fake/stats`, `DELETE /_fake/stats` | counters [`Stats`], reset |
 
@@ -23,6 +24,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_fake/sessions", web::post().to(create_session))
         .route("/_fake/sessions/{id}", web::post().to(update_session))
         .route("/_fake/sessions/{id}/events", web::post().to(create_event))
+        .route("/_fake/events/{id}", web::get().to(get_event))
         .route("/_fake/knobs", web::get().to(get_knobs))
         .route("/_fake/knobs", web::put().to(put_knobs))
         .route("/_fake/stats", web::get().to(get_stats))
@@ -39,7 +41,11 @@ struct PriceUpdate {
     credits: Option<String>,
 }
 
-async fn update_price(state: web::Data<State>, path: web::Path<String>, body: web::Json<PriceUpdate>) -> HttpResponse {
+async fn update_price(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<PriceUpdate>,
+) -> HttpResponse {
     let id = path.into_inner();
     if state.set_price_credits(&id, body.credits.as_deref()) {
         HttpResponse::Ok().json(state.price_json(&id, true))
@@ -64,7 +70,11 @@ struct SessionUpdate {
     payment_status: Option<String>,
 }
 
-async fn update_session(state: web::Data<State>, path: web::Path<String>, body: web::Json<SessionUpdate>) -> HttpResponse {
+async fn update_session(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<SessionUpdate>,
+) -> HttpResponse {
     let id = path.into_inner();
     if state.update_session(&id, body.status.as_deref(), body.payment_status.as_deref()) {
         match state.session(&id) {
@@ -82,7 +92,11 @@ struct EventRequest {
     event_type: String,
 }
 
-async fn create_event(state: web::Data<State>, path: web::Path<String>, body: web::Json<EventRequest>) -> HttpResponse {
+async fn create_event(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<EventRequest>,
+) -> HttpResponse {
     let id = path.into_inner();
     match state.event_for_session(&id, &body.event_type) {
         Some((event_id, bytes)) => HttpResponse::Ok().json(json!({
@@ -90,6 +104,21 @@ async fn create_event(state: web::Data<State>, path: web::Path<String>, body: we
             "body": String::from_utf8_lossy(&bytes),
         })),
         None => HttpResponse::NotFound().json(json!({"error": format!("no session {id}")})),
+    }
+}
+
+async fn get_event(state: web::Data<State>, path: web::Path<String>) -> HttpResponse {
+    let id = path.into_inner();
+    match state.event(&id) {
+        Some(event) => {
+            let body = serde_json::to_vec_pretty(&event).unwrap_or_default();
+            HttpResponse::Ok().json(json!({
+                "id": id,
+                "type": event["type"],
+                "body": String::from_utf8_lossy(&body),
+            }))
+        }
+        None => HttpResponse::NotFound().json(json!({"error": format!("no event {id}")})),
     }
 }
 

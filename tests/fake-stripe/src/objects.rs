@@ -37,7 +37,11 @@ impl Product {
         let mut v = fixture(PRODUCT);
         set(&mut v, "id", json!(self.id));
         set(&mut v, "name", json!(self.name));
-        set(&mut v, "description", json!(format!("{} (fake)", self.name)));
+        set(
+            &mut v,
+            "description",
+            json!(format!("{} (fake)", self.name)),
+        );
         set(&mut v, "metadata", Value::Object(self.metadata.clone()));
         set(&mut v, "created", json!(self.created));
         set(&mut v, "updated", json!(self.created));
@@ -65,7 +69,11 @@ impl Price {
         set(&mut v, "id", json!(self.id));
         set(&mut v, "product", product);
         set(&mut v, "unit_amount", json!(self.unit_amount));
-        set(&mut v, "unit_amount_decimal", json!(self.unit_amount.to_string()));
+        set(
+            &mut v,
+            "unit_amount_decimal",
+            json!(self.unit_amount.to_string()),
+        );
         set(&mut v, "currency", json!(self.currency));
         set(&mut v, "metadata", Value::Object(self.metadata.clone()));
         set(&mut v, "created", json!(self.created));
@@ -85,7 +93,13 @@ pub struct LineItem {
 }
 
 /// A line item (`object: "item"`) with its price (always an object in Stripe's API).
-pub fn item_json(item: &LineItem, price: Value, description: &str, amount: i64, currency: &str) -> Value {
+pub fn item_json(
+    item: &LineItem,
+    price: Value,
+    description: &str,
+    amount: i64,
+    currency: &str,
+) -> Value {
     let mut v = fixture(ITEM);
     set(&mut v, "id", json!(item.id));
     set(&mut v, "price", price);
@@ -127,7 +141,11 @@ impl Session {
         set(&mut v, "expires_at", json!(self.created + 86_400));
         set(&mut v, "status", json!(self.status));
         set(&mut v, "payment_status", json!(self.payment_status));
-        set(&mut v, "client_reference_id", json!(self.client_reference_id));
+        set(
+            &mut v,
+            "client_reference_id",
+            json!(self.client_reference_id),
+        );
         set(&mut v, "metadata", Value::Object(self.metadata.clone()));
         set(&mut v, "payment_intent", json!(self.payment_intent));
         set(&mut v, "amount_subtotal", json!(self.amount_total));
@@ -154,7 +172,13 @@ impl Session {
 }
 
 /// A Stripe event around `object`, shaped like the real delivered one.
-pub fn event_json(id: &str, event_type: &str, created: i64, object: Value, livemode: bool) -> Value {
+pub fn event_json(
+    id: &str,
+    event_type: &str,
+    created: i64,
+    object: Value,
+    livemode: bool,
+) -> Value {
     let mut v = fixture(EVENT);
     set(&mut v, "id", json!(id));
     set(&mut v, "type", json!(event_type));
@@ -167,7 +191,13 @@ pub fn event_json(id: &str, event_type: &str, created: i64, object: Value, livem
 }
 
 /// A charge for `payment_intent`, from the charge fixture.
-pub fn charge_json(id: &str, payment_intent: &str, amount: i64, amount_refunded: i64, currency: &str) -> Value {
+pub fn charge_json(
+    id: &str,
+    payment_intent: &str,
+    amount: i64,
+    amount_refunded: i64,
+    currency: &str,
+) -> Value {
     let mut v = fixture(CHARGE);
     set(&mut v, "id", json!(id));
     set(&mut v, "payment_intent", json!(payment_intent));
@@ -187,7 +217,10 @@ pub fn error_json(error_type: &str, code: Option<&str>, message: &str) -> Value 
         set(
             &mut error,
             "doc_url",
-            json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))),
+            json!(format!(
+                "https://stripe.com/docs/error-codes/{}",
+                code.replace('_', "-")
+            )),
         );
     }
     json!({ "error": error })

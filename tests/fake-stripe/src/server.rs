@@ -17,8 +17,14 @@ pub(crate) fn build(listener: TcpListener, state: Arc<State>) -> std::io::Result
         App::new()
             .app_data(data.clone())
             .route("/v1/checkout/sessions", web::get().to(list_sessions))
-            .route("/v1/checkout/sessions/{id}", web::get().to(retrieve_session))
-            .route("/v1/checkout/sessions/{id}/line_items", web::get().to(list_line_items))
+            .route(
+                "/v1/checkout/sessions/{id}",
+                web::get().to(retrieve_session),
+            )
+            .route(
+                "/v1/checkout/sessions/{id}/line_items",
+                web::get().to(list_line_items),
+            )
             .route("/v1/events", web::get().to(list_events))
             .configure(control::configure)
     })
@@ -66,14 +72,22 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn values<'a>(pairs: &'a [(String, String)], key: &str) -> impl Iterator<Item = &'a str> {
-    pairs.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .filter(move |(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     values(pairs, key).next()
 }
 
-fn stripe_error(status: StatusCode, error_type: &str, code: Option<&str>, message: &str) -> HttpResponse {
+fn stripe_error(
+    status: StatusCode,
+    error_type: &str,
+    code: Option<&str>,
+    message: &str,
+) -> HttpResponse {
     let mut r = HttpResponse::build(status);
     r.insert_header(("Request-Id", crate::state::random_id("req_", 14)));
     if status.is_server_error() {
@@ -115,7 +129,12 @@ async fn gate(state: &State, req: &HttpRequest) -> Result<(), HttpResponse> {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            Err(stripe_error(status, "api_error", None, "An unknown error occurred"))
+            Err(stripe_error(
+                status,
+                "api_error",
+                None,
+                "An unknown error occurred",
+            ))
         }
     }
 }
@@ -163,7 +182,11 @@ fn page(items: Vec<Value>, pairs: &[(String, String)], limit: usize) -> (Vec<Val
     (rest.into_iter().take(limit).collect(), has_more)
 }
 
-async fn retrieve_session(req: HttpRequest, state: web::Data<State>, path: web::Path<String>) -> HttpResponse {
+async fn retrieve_session(
+    req: HttpRequest,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> HttpResponse {
     if let Err(r) = gate(&state, &req).await {
         return r;
     }
@@ -183,7 +206,11 @@ async fn retrieve_session(req: HttpRequest, state: web::Data<State>, path: web::
             .collect();
         // Stripe includes the first 10 line items of an expanded list.
         let (data, has_more) = page(items, &[], 10);
-        body["line_items"] = list_json(data, has_more, &format!("/v1/checkout/sessions/{id}/line_items"));
+        body["line_items"] = list_json(
+            data,
+            has_more,
+            &format!("/v1/checkout/sessions/{id}/line_items"),
+        );
     }
     state.count(|s| {
         s.session_fetches += 1;
@@ -194,7 +221,11 @@ async fn retrieve_session(req: HttpRequest, state: web::Data<State>, path: web::
         .json(body)
 }
 
-async fn list_line_items(req: HttpRequest, state: web::Data<State>, path: web::Path<String>) -> HttpResponse {
+async fn list_line_items(
+    req: HttpRequest,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> HttpResponse {
     if let Err(r) = gate(&state, &req).await {
         return r;
     }
@@ -215,7 +246,11 @@ async fn list_line_items(req: HttpRequest, state: web::Data<State>, path: web::P
         .collect();
     let (data, has_more) = page(items, &pairs, limit);
     state.count(|s| s.line_item_pages += 1);
-    HttpResponse::Ok().json(list_json(data, has_more, &format!("/v1/checkout/sessions/{id}/line_items")))
+    HttpResponse::Ok().json(list_json(
+        data,
+        has_more,
+        &format!("/v1/checkout/sessions/{id}/line_items"),
+    ))
 }
 
 /// `created[gte]` (and `created` as an exact value) filters.
@@ -261,7 +296,9 @@ async fn list_events(req: HttpRequest, state: web::Data<State>) -> HttpResponse 
         Err(r) => return *r,
     };
     let since = created_at_least(&pairs);
-    let types: Vec<&str> = values(&pairs, "types[]").chain(values(&pairs, "type")).collect();
+    let types: Vec<&str> = values(&pairs, "types[]")
+        .chain(values(&pairs, "type"))
+        .collect();
     let mut events: Vec<Value> = state
         .events()
         .into_iter()
@@ -280,7 +317,8 @@ mod tests {
 
     #[test]
     fn decodes_repeated_bracketed_keys() {
-        let pairs = query_pairs("expand%5B%5D=line_items&expand[]=line_items.data.price.product&limit=3");
+        let pairs =
+            query_pairs("expand%5B%5D=line_items&expand[]=line_items.data.price.product&limit=3");
         let expand: Vec<&str> = values(&pairs, "expand[]").collect();
         assert_eq!(expand, ["line_items", "line_items.data.price.product"]);
         assert_eq!(value(&pairs, "limit"), Some("3"));

@@ -225,10 +225,13 @@ impl State {
         if let Some(c) = &spec.product_credits {
             product_meta.insert("credits".into(), json!(c));
         }
-        let name = spec.name.clone().unwrap_or_else(|| match (&spec.credits, &spec.product_credits) {
-            (Some(c), _) | (None, Some(c)) => format!("{c} credits"),
-            (None, None) => "A thing without credits".to_owned(),
-        });
+        let name =
+            spec.name
+                .clone()
+                .unwrap_or_else(|| match (&spec.credits, &spec.product_credits) {
+                    (Some(c), _) | (None, Some(c)) => format!("{c} credits"),
+                    (None, None) => "A thing without credits".to_owned(),
+                });
         inner.products.insert(
             product_id.clone(),
             Product {
@@ -274,10 +277,7 @@ impl State {
                 quantity: *quantity,
             });
         }
-        let id = spec
-            .id
-            .clone()
-            .unwrap_or_else(|| random_id("cs_test_", 58));
+        let id = spec.id.clone().unwrap_or_else(|| random_id("cs_test_", 58));
         let session = Session {
             id: id.clone(),
             created: crate::now(),
@@ -295,12 +295,19 @@ impl State {
             .paid_after_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         inner.session_order.push(id.clone());
-        inner.sessions.insert(id.clone(), SessionRecord { session, paid_at });
+        inner
+            .sessions
+            .insert(id.clone(), SessionRecord { session, paid_at });
         Ok(id)
     }
 
     /// Changes a session's state, as Stripe does when a customer pays or a session expires.
-    pub fn update_session(&self, id: &str, status: Option<&str>, payment_status: Option<&str>) -> bool {
+    pub fn update_session(
+        &self,
+        id: &str,
+        status: Option<&str>,
+        payment_status: Option<&str>,
+    ) -> bool {
         let mut inner = self.lock();
         let Some(record) = inner.sessions.get_mut(id) else {
             return false;
@@ -362,13 +369,20 @@ impl State {
             .and_then(|p| p.get("name"))
             .and_then(Value::as_str)
             .map_or_else(|| "Credits".to_owned(), str::to_owned);
-        let unit = price.get("unit_amount").and_then(Value::as_i64).unwrap_or(0);
+        let unit = price
+            .get("unit_amount")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         objects::item_json(item, price, &description, unit * item.quantity, "usd")
     }
 
     /// Builds a webhook event for a session as Stripe would send it (pretty-printed), and
     /// records it for `GET /v1/events`. Returns `(event id, body)`.
-    pub fn event_for_session(&self, session_id: &str, event_type: &str) -> Option<(String, Vec<u8>)> {
+    pub fn event_for_session(
+        &self,
+        session_id: &str,
+        event_type: &str,
+    ) -> Option<(String, Vec<u8>)> {
         let session = self.session(session_id)?;
         let id = random_id("evt_", 24);
         let event = objects::event_json(&id, event_type, crate::now(), session.to_json(), false);
@@ -384,6 +398,11 @@ impl State {
         let body = serde_json::to_vec_pretty(&event).unwrap_or_default();
         self.lock().events.push(event);
         (id, body)
+    }
+
+    /// A recorded event by id.
+    pub fn event(&self, id: &str) -> Option<Value> {
+        self.lock().events.iter().find(|e| e["id"] == id).cloned()
     }
 
     pub(crate) fn events(&self) -> Vec<Value> {

@@ -6,15 +6,17 @@ use std::time::Duration;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::BasicGetMessage,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        ExchangeDeleteOptions, QueueDeleteOptions,
+    },
     types::ShortString,
 };
 use secrecy::SecretString;
 use shared::{config::AmqpConfig, topology::Topology};
 
 pub fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL")
-        .unwrap_or_else(|_| shared::config::DEFAULT_AMQP_URL.to_owned())
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| shared::config::DEFAULT_AMQP_URL.to_owned())
 }
 
 pub struct TestBroker {
@@ -108,16 +110,28 @@ impl TestBroker {
 
     /// Publishes raw bytes to the events exchange as ingest would (persistent, confirmed).
     pub async fn publish_event(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
-        self.publish(&self.topology.events_exchange(), routing_key, body, properties)
-            .await;
+        self.publish(
+            &self.topology.events_exchange(),
+            routing_key,
+            body,
+            properties,
+        )
+        .await;
     }
 
     /// Publishes straight into `queue` through the default exchange (persistent, confirmed).
     pub async fn publish_to_queue(&self, queue: &str, body: &[u8]) {
-        self.publish("", queue, body, BasicProperties::default()).await;
+        self.publish("", queue, body, BasicProperties::default())
+            .await;
     }
 
-    async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) {
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         let channel = self.connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -164,7 +178,10 @@ impl Drop for TestBroker {
                 }
                 for exchange in topology.exchanges() {
                     let _ = channel
-                        .exchange_delete(ShortString::from(exchange), ExchangeDeleteOptions::default())
+                        .exchange_delete(
+                            ShortString::from(exchange),
+                            ExchangeDeleteOptions::default(),
+                        )
                         .await;
                 }
                 let _ = channel.close(200, ShortString::from("cleanup")).await;

@@ -1,0 +1,479 @@
+//! The real binaries as processes, on random ports, against the real broker, a fresh
+//! database and the fake Stripe: signed purchases in through ingest, balances out
+//! through fulfill. And the README's own commands, so they cannot rot.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{io::BufRead, os::unix::process::CommandExt, process::Stdio, time::Duration};
+
+use e2e::{Proc, binaries, free_port, log_dir, wait_ok, workspace};
+use serde_json::{Value, json};
+use test_support::{broker::TestBroker, db::TestDb};
+
+const SECRET: &str = "whsec_e2e_secret";
+const COMPLETED: &str = "checkout.session.completed";
+
+struct Stack {
+    ingest: String,
+    fulfill: String,
+    stripe: String,
+    procs: Vec<Proc>,
+    client: reqwest::Client,
+}
+
+async fn start_stack(
+    test: &str,
+    broker: &TestBroker,
+    db: &TestDb,
+    fulfill_instances: usize,
+) -> Stack {
+    let bins = binaries();
+    let logs = log_dir(test);
+    let client = test_support::http_client();
+    let (ingest_port, stripe_port) = (free_port(), free_port());
+    let stripe = format!("http://127.0.0.1:{stripe_port}");
+    let mut procs = vec![Proc::start(
+        "fake-stripe",
+        &bins.join("fake-stripe"),
+        &[],
+        &[
+            ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{stripe_port}")),
+            ("FAKE_STRIPE_SEED", "1".into()),
+        ],
+        &logs,
+    )];
+    assert!(
+        wait_ok(
+            &client,
+            &format!("{stripe}/_fake/knobs"),
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    let amqp = ("AMQP_URL", broker.url.clone());
+    let prefix = ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone());
+    let mut fulfill = String::new();
+    for i in 0..fulfill_instances {
+        let port = free_port();
+        procs.push(Proc::start(
+            &format!("fulfill-{i}"),
+            &bins.join("fulfill"),
+            &[],
+            &[
+                ("DATABASE_URL", db.url.clone()),
+                ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
+                ("STRIPE_API_BASE", stripe.clone()),
+                ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
+                amqp.clone(),
+                prefix.clone(),
+            ],
+            &logs,
+        ));
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_ok(&client, &format!("{url}/readyz"), Duration::from_secs(60)).await,
+            "fulfill-{i} not ready"
+        );
+        if fulfill.is_empty() {
+            fulfill = url;
+        }
+    }
+    procs.push(Proc::start(
+        "ingest",
+        &bins.join("ingest"),
+        &[],
+        &[
+            ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
+            ("INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
+            amqp,
+            prefix,
+        ],
+        &logs,
+    ));
+    let ingest = format!("http://127.0.0.1:{ingest_port}");
+    assert!(
+        wait_ok(
+            &client,
+            &format!("{ingest}/readyz"),
+            Duration::from_secs(30)
+        )
+        .await,
+        "ingest not ready"
+    );
+    Stack {
+        ingest,
+        fulfill,
+        stripe,
+        procs,
+        client,
+    }
+}
+
+impl Stack {
+    async fn fake(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.stripe))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn session(
+        &self,
+        user: &str,
+        price: &str,
+        quantity: i64,
+        payment_status: &str,
+    ) -> String {
+        let s = self
+            .fake(
+                "/_fake/sessions",
+                json!({"client_reference_id": user, "line_items": [[price, quantity]], "payment_status": payment_status}),
+            )
+            .await;
+        s["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn event(&self, session: &str, event_type: &str) -> Vec<u8> {
+        let e = self
+            .fake(
+                &format!("/_fake/sessions/{session}/events"),
+                json!({"type": event_type}),
+            )
+            .await;
+        e["body"].as_str().unwrap().as_bytes().to_vec()
+    }
+
+    async fn post(&self, body: &[u8]) -> u16 {
+        let sig = fake_stripe::sign_webhook(body, SECRET, fake_stripe::now());
+        self.client
+            .post(format!("{}/webhooks/stripe", self.ingest))
+            .header("Stripe-Signature", sig)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn balance(&self, user: &str) -> i64 {
+        let v: Value = self
+            .client
+            .get(format!("{}/users/{user}/balance", self.fulfill))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["credits"].as_i64().unwrap()
+    }
+
+    async fn settles(&self, user: &str, expected: i64) {
+        let reached = test_support::wait_for(Duration::from_secs(30), || async {
+            (self.balance(user).await == expected).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "{user}: {} != {expected}",
+            self.balance(user).await
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            self.balance(user).await,
+            expected,
+            "{user} moved after settling"
+        );
+    }
+
+    /// SIGTERM every process, ingest first; each must exit 0.
+    fn stop(mut self) {
+        while let Some(mut p) = self.procs.pop() {
+            let status = p.terminate(Duration::from_secs(30));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{} exited with {status:?}:\n{}",
+                p.name,
+                p.output()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_purchases_through_the_real_binaries_credit_exactly() {
+    test_support::init_tracing();
+    let broker = TestBroker::new().await;
+    let db = TestDb::new().await;
+    let stack = start_stack("purchases", &broker, &db, 2).await;
+
+    // A 10-credit pack bought twice, each event delivered three times.
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let s = stack.session("e2e-buyer", "price_pack_10", 1, "paid").await;
+        bodies.push(stack.event(&s, COMPLETED).await);
+    }
+    for body in bodies.iter().chain(&bodies).chain(&bodies) {
+        assert_eq!(stack.post(body).await, 200);
+    }
+    // Single credits, quantity 3.
+    let s = stack
+        .session("e2e-single", "price_single_credit", 3, "paid")
+        .await;
+    assert_eq!(stack.post(&stack.event(&s, COMPLETED).await).await, 200);
+    // An async payment: nothing until it succeeds.
+    let a = stack
+        .session("e2e-async", "price_pack_10", 1, "unpaid")
+        .await;
+    assert_eq!(stack.post(&stack.event(&a, COMPLETED).await).await, 200);
+    // An unsigned event is refused and changes nothing.
+    let forged = stack.event(&a, COMPLETED).await;
+    let r = stack
+        .client
+        .post(format!("{}/webhooks/stripe", stack.ingest))
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    stack.settles("e2e-buyer", 20).await;
+    stack.settles("e2e-single", 3).await;
+    stack.settles("e2e-async", 0).await;
+
+    stack
+        .fake(
+            &format!("/_fake/sessions/{a}"),
+            json!({"payment_status": "paid"}),
+        )
+        .await;
+    assert_eq!(
+        stack
+            .post(
+                &stack
+                    .event(&a, "checkout.session.async_payment_succeeded")
+                    .await
+            )
+            .await,
+        200
+    );
+    stack.settles("e2e-async", 10).await;
+    // Replays after the fact change nothing.
+    for body in &bodies {
+        assert_eq!(stack.post(body).await, 200);
+    }
+    stack.settles("e2e-buyer", 20).await;
+    stack.stop();
+}
+
+/// Kills a whole process group when the test ends, passed or failed.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs a README command (`cargo run -q -p devstack -- …`) with `env`, in its own process group.
+fn readme_command(args: &[&str], env: &[(&str, String)]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO"));
+    c.current_dir(workspace())
+        .args(["run", "-q", "-p", "devstack", "--"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("STRIPE_SECRET_KEY")
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .stdin(Stdio::null());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_start_command_brings_up_a_stack_where_a_trigger_credits() {
+    test_support::init_tracing();
+    binaries();
+    let broker = TestBroker::new().await;
+    let db = TestDb::new().await;
+    let env = vec![
+        ("INGEST_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("FULFILL_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("DATABASE_URL", db.url.clone()),
+        ("AMQP_URL", broker.url.clone()),
+        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+    ];
+    let mut up = readme_command(&["up"], &env);
+    up.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut up = up.spawn().unwrap();
+    let pgid = up.id();
+    let _group = GroupGuard(pgid);
+    let stdout = up.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("Ctrl-C stops everything."))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stack did not come up:\n{}",
+            seen.join("\n")
+        );
+        if let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(1)) {
+            seen.push(line);
+        }
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "devstack up exited:\n{}",
+            seen.join("\n")
+        );
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("whsec_devstack_local_only")),
+        "the banner shows the secret"
+    );
+
+    let trigger = readme_command(
+        &[
+            "trigger",
+            "purchase",
+            "--user",
+            "alice",
+            "--price",
+            "price_pack_10",
+            "--quantity",
+            "2",
+        ],
+        &env,
+    )
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&trigger.stdout);
+    assert!(
+        trigger.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+    assert!(out.contains("balance of alice: 20 credits"), "{out}");
+
+    let async_trigger = readme_command(
+        &[
+            "trigger",
+            "async-purchase",
+            "--user",
+            "bob",
+            "--price",
+            "price_single_credit",
+        ],
+        &env,
+    )
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&async_trigger.stdout);
+    assert!(
+        out.contains("balance of bob: 0 credits") && out.contains("balance of bob: 1 credits"),
+        "{out}"
+    );
+
+    // Ctrl-C, as a terminal sends it: to the whole process group.
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "INT", "--", &format!("-{pgid}")])
+        .status();
+    let status = (0..600)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            up.try_wait().unwrap()
+        })
+        .unwrap_or_else(|| {
+            while let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push(line);
+            }
+            panic!("devstack did not stop after Ctrl-C:\n{}", seen.join("\n"))
+        });
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) {
+        seen.push(line);
+    }
+    assert!(status.success(), "{status:?}\n{}", seen.join("\n"));
+    assert!(
+        seen.iter().any(|l| l.contains("stack stopped")),
+        "{}",
+        seen.join("\n")
+    );
+    let ingest = &env[0].1;
+    assert!(
+        std::net::TcpStream::connect(ingest).is_err(),
+        "ingest still listening after Ctrl-C"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_one_liner_signs_a_fixture_and_it_lands_in_the_queue() {
+    test_support::init_tracing();
+    let bins = binaries();
+    let broker = TestBroker::new().await;
+    let port = free_port();
+    let client = test_support::http_client();
+    let mut ingest = Proc::start(
+        "ingest-alone",
+        &bins.join("ingest"),
+        &[],
+        &[
+            ("STRIPE_WEBHOOK_SECRET", "whsec_devstack_local_only".into()),
+            ("INGEST_ADDR", format!("127.0.0.1:{port}")),
+            ("AMQP_URL", broker.url.clone()),
+            ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+        ],
+        &log_dir("send"),
+    );
+    assert!(
+        wait_ok(
+            &client,
+            &format!("http://127.0.0.1:{port}/readyz"),
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    let fixture =
+        workspace().join("../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
+    let out = readme_command(
+        &["trigger", "send", fixture.to_str().unwrap()],
+        &[("INGEST_ADDR", format!("127.0.0.1:{port}"))],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let message = broker
+        .take(&broker.topology.checkout_queue(), Duration::from_secs(5))
+        .await
+        .expect("the fixture is in the checkout queue");
+    assert_eq!(message.body, std::fs::read(&fixture).unwrap());
+    assert!(
+        ingest
+            .terminate(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+}
