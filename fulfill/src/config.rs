@@ -10,7 +10,7 @@ use shared::{
     telemetry::TelemetryConfig,
 };
 
-use crate::stripe::StripeConfig;
+use crate::{fulfillment::reversal::RefundPolicy, stripe::StripeConfig};
 
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
@@ -28,6 +28,8 @@ pub const FULFILL_MAX_ATTEMPTS: &str = "FULFILL_MAX_ATTEMPTS";
 pub const FULFILL_RETRY_BASE_MS: &str = "FULFILL_RETRY_BASE_MS";
 pub const FULFILL_RETRY_MAX_MS: &str = "FULFILL_RETRY_MAX_MS";
 pub const FULFILL_INSTANCES: &str = "FULFILL_INSTANCES";
+pub const FULFILL_REFUND_POLICY: &str = "FULFILL_REFUND_POLICY";
+pub const FULFILL_RECONCILE_INTERVAL_SECS: &str = "FULFILL_RECONCILE_INTERVAL_SECS";
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -49,6 +51,9 @@ pub struct Config {
     pub addr: SocketAddr,
     pub api_token: Option<SecretString>,
     pub consumer: ConsumerConfig,
+    pub refund_policy: RefundPolicy,
+    /// Run reconciliation in the background this often; `None`: only by the subcommand.
+    pub reconcile_interval: Option<Duration>,
     pub amqp: AmqpConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -134,6 +139,11 @@ impl Config {
                 max_attempts,
                 retry_base: millis_or(env, FULFILL_RETRY_BASE_MS, 1_000)?,
                 retry_max: millis_or(env, FULFILL_RETRY_MAX_MS, 60_000)?,
+            },
+            refund_policy: parsed_or(env, FULFILL_REFUND_POLICY, RefundPolicy::Proportional)?,
+            reconcile_interval: match parsed_or(env, FULFILL_RECONCILE_INTERVAL_SECS, 0u64)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
             },
             amqp: AmqpConfig::from_env(env)?,
             telemetry: TelemetryConfig::from_env(env)?,

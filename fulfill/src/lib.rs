@@ -8,9 +8,11 @@
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dlq;
 pub mod error;
 pub mod fulfillment;
 mod http;
 pub mod metrics;
+pub mod reconcile;
 pub mod startup;
 pub mod stripe;

@@ -1,8 +1,14 @@
-//! `fulfill` serves (default), `fulfill migrate` applies migrations and exits.
+//! `fulfill` serves (default); `fulfill migrate` applies migrations; `fulfill reconcile`
+//! heals from Stripe's Events API; `fulfill dlq …` inspects and replays dead letters.
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fulfill::{config::Config, db, startup::Application};
+use fulfill::{
+    config::Config, db, dlq::DeadLetters, fulfillment::Fulfiller, metrics::Metrics, reconcile,
+    startup::Application, stripe::StripeClient,
+};
 use secrecy::SecretString;
 use shared::{config::ProcessEnv, shutdown, telemetry};
 
@@ -23,6 +29,36 @@ enum Command {
     Serve,
     /// Apply pending database migrations (needs only DATABASE_URL) and exit.
     Migrate,
+    /// Credit what webhooks missed: page through Stripe's events and complete sessions.
+    Reconcile {
+        /// How far back, e.g. 72h, 3d (at most 30 days, Stripe's event retention).
+        /// Without it: from where the last run got to (72h the first time).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Inspect, replay or drop dead-lettered messages (needs only AMQP_URL).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// One line per message: id, kind, attempts, event type, reason.
+    List,
+    /// One message in full (JSON).
+    Show { id: String },
+    /// Put messages back into the checkout queue (after fixing the cause).
+    Replay {
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// The id shown by `list`.
+        id: Option<String>,
+    },
+    /// Drop every dead letter (each is logged).
+    Purge,
 }
 
 #[tokio::main]
@@ -31,7 +67,92 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Migrate => migrate().await,
+        Command::Reconcile { since } => reconcile_once(since).await,
+        Command::Dlq { command } => dlq(command).await,
     }
+}
+
+async fn reconcile_once(since: Option<String>) -> anyhow::Result<()> {
+    let since = since
+        .as_deref()
+        .map(reconcile::parse_duration)
+        .transpose()?;
+    if let Some(s) = since
+        && s > reconcile::MAX_LOOKBACK
+    {
+        anyhow::bail!(reconcile::ReconcileError::TooFarBack(s));
+    }
+    let config = Config::from_env(&ProcessEnv).context("invalid configuration")?;
+    let _telemetry = telemetry::init("fulfill", &config.telemetry);
+    db::run_migrations(&config.database_url)
+        .await
+        .context("migrations failed")?;
+    let metrics = Arc::new(Metrics::new());
+    let pool = db::pool(&config.database_url, config.database_pool_size);
+    let stripe = StripeClient::new(config.stripe.clone(), Arc::clone(&metrics))?;
+    let fulfiller = Fulfiller::new(pool, stripe, metrics, config.refund_policy);
+    let report = reconcile::run(&fulfiller, since).await?;
+    println!("{report}");
+    if report.errors > 0 {
+        anyhow::bail!("{} items failed; run again to retry them", report.errors);
+    }
+    Ok(())
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let telemetry_config = telemetry::TelemetryConfig::from_env(&ProcessEnv)?;
+    let _telemetry = telemetry::init("fulfill", &telemetry_config);
+    let amqp = shared::config::AmqpConfig::from_env(&ProcessEnv)?;
+    let mut letters = DeadLetters::open(&amqp)
+        .await
+        .context("cannot read the dead-letter queue")?;
+    let result = match command {
+        DlqCommand::List => {
+            let all = letters.list();
+            for l in &all {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    l.id,
+                    l.kind.as_deref().unwrap_or("-"),
+                    l.attempts.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    l.routing_key.as_deref().unwrap_or("-"),
+                    l.reason.as_deref().unwrap_or("-"),
+                );
+            }
+            println!("{} dead letters", all.len());
+            Ok(())
+        }
+        DlqCommand::Show { id } => match letters.list().into_iter().find(|l| l.id == id) {
+            Some(l) => {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+                Ok(())
+            }
+            None => Err(anyhow::anyhow!("no dead letter with id {id:?}")),
+        },
+        DlqCommand::Replay { all, id } => {
+            if !all && id.is_none() {
+                Err(anyhow::anyhow!("name a message id, or --all"))
+            } else {
+                match letters.replay(id.as_deref()).await {
+                    Ok(ids) => {
+                        for id in &ids {
+                            println!("replayed {id}");
+                        }
+                        println!("{} replayed", ids.len());
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+        DlqCommand::Purge => letters
+            .purge()
+            .await
+            .map(|dropped| println!("{} purged", dropped.len()))
+            .map_err(Into::into),
+    };
+    letters.close().await;
+    result
 }
 
 async fn serve() -> anyhow::Result<()> {

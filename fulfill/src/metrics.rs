@@ -37,6 +37,7 @@ pub struct Metrics {
     pub dead_letters: Family<KindLabels, Counter>,
     pub requeued: Counter,
     pub in_flight: Gauge,
+    pub reconcile_healed: Counter,
     pub broker_connected: Gauge,
 }
 
@@ -103,6 +104,12 @@ impl Metrics {
             "Deliveries being processed now",
             in_flight.clone(),
         );
+        let reconcile_healed = Counter::default();
+        registry.register(
+            "reconcile_healed",
+            "Sessions credited by reconciliation (missed by webhooks)",
+            reconcile_healed.clone(),
+        );
         let broker_connected = Gauge::default();
         registry.register(
             "broker_connected",
@@ -121,13 +128,13 @@ impl Metrics {
             dead_letters,
             requeued,
             in_flight,
+            reconcile_healed,
             broker_connected,
         }
     }
 
     pub fn event(&self, event_type: &str, outcome: &'static str) {
-        let event_type = shared::topology::CHECKOUT_EVENT_TYPES
-            .into_iter()
+        let event_type = shared::topology::consumed_event_types()
             .find(|t| *t == event_type)
             .unwrap_or("other");
         self.events

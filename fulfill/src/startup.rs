@@ -58,6 +58,7 @@ pub struct Application {
     port: u16,
     server: Server,
     consumer: Consumer,
+    background: CancellationToken,
 }
 
 impl Application {
@@ -68,13 +69,26 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let pool = db::pool(&config.database_url, config.database_pool_size);
         let stripe = StripeClient::new(config.stripe.clone(), Arc::clone(&metrics))?;
-        let fulfiller = Arc::new(Fulfiller::new(pool.clone(), stripe, Arc::clone(&metrics)));
+        let fulfiller = Arc::new(Fulfiller::new(
+            pool.clone(),
+            stripe,
+            Arc::clone(&metrics),
+            config.refund_policy,
+        ));
         let consumer = Consumer::start(
             config.amqp.clone(),
             config.consumer.clone(),
             Arc::clone(&fulfiller),
             Arc::clone(&metrics),
         );
+        let background = CancellationToken::new();
+        if let Some(every) = config.reconcile_interval {
+            tokio::spawn(crate::reconcile::run_periodically(
+                Arc::clone(&fulfiller),
+                every,
+                background.clone(),
+            ));
+        }
         let state = web::Data::new(AppState {
             pool,
             fulfiller,
@@ -96,6 +110,7 @@ impl Application {
             port,
             server,
             consumer,
+            background,
         })
     }
 
@@ -106,6 +121,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
+        let _stop_background = self.background.drop_guard();
         let served = tokio::select! {
             result = &mut server => result,
             () = shutdown.cancelled() => {

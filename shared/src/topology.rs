@@ -4,7 +4,8 @@
 //! ```text
 //!                       routing key = event type
 //! ingest ──► {p}stripe.events (topic, durable, alternate-exchange = {p}stripe.unrouted)
-//!              ├─ checkout.session.* (4 types) ─► {p}fulfill.checkout (quorum)
+//!              ├─ checkout.session.* (4 types), charge.refunded,
+//!              │  charge.dispute.created/closed ─────► {p}fulfill.checkout (quorum)
 //!              └─ anything unbound ─► {p}stripe.unrouted (fanout) ─► {p}stripe.unrouted (bounded)
 //!
 //! fulfill ─ transient failure ─► {p}fulfill.retry (per-message TTL) ─► back to {p}fulfill.checkout
@@ -29,6 +30,18 @@ pub const CHECKOUT_EVENT_TYPES: [&str; 4] = [
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
 ];
+
+/// Events that take credits back (refunds, disputes); fulfill consumes them too.
+pub const REVERSAL_EVENT_TYPES: [&str; 3] = [
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+];
+
+/// Every event type bound to the queue fulfill consumes.
+pub fn consumed_event_types() -> impl Iterator<Item = &'static str> {
+    CHECKOUT_EVENT_TYPES.into_iter().chain(REVERSAL_EVENT_TYPES)
+}
 
 /// How many unrouted (unconsumed types of) events are kept for inspection.
 pub const UNROUTED_MAX_LENGTH: i64 = 10_000;
@@ -170,7 +183,7 @@ impl Topology {
                 ]),
             )
             .await?;
-        for event_type in CHECKOUT_EVENT_TYPES {
+        for event_type in consumed_event_types() {
             channel
                 .queue_bind(
                     self.checkout_queue().into(),

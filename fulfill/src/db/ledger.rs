@@ -77,6 +77,19 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
     Ok(true)
 }
 
+/// The entry with this idempotency key, if written.
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    idempotency_key: &str,
+) -> QueryResult<Option<Entry>> {
+    ledger_entries::table
+        .filter(ledger_entries::idempotency_key.eq(idempotency_key))
+        .select(Entry::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// The user's balance; 0 for a user never credited.
 pub async fn balance(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<i64> {
     balances::table

@@ -24,6 +24,8 @@ diesel::table! {
         last_event_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        reversed_credits -> Int8,
+        attention -> Nullable<Text>,
     }
 }
 
@@ -42,6 +44,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    reconcile_cursors (name) {
+        name -> Text,
+        created_gte -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     stripe_events (event_id) {
         event_id -> Text,
         event_type -> Text,
@@ -55,5 +65,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     balances,
     checkout_sessions,
     ledger_entries,
+    reconcile_cursors,
     stripe_events,
 );

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, Queryable,
-    Selectable, SelectableHelper,
+    AsChangeset, BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl,
+    QueryResult, Queryable, Selectable, SelectableHelper,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
@@ -61,6 +61,8 @@ pub struct SessionRow {
     pub last_event_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub reversed_credits: i64,
+    pub attention: Option<String>,
 }
 
 impl SessionRow {
@@ -85,6 +87,8 @@ pub struct SessionUpdate<'a> {
     pub currency: Option<&'a str>,
     pub livemode: Option<bool>,
     pub last_event_id: Option<&'a str>,
+    pub reversed_credits: Option<i64>,
+    pub attention: Option<Option<&'a str>>,
 }
 
 pub async fn find(
@@ -133,13 +137,31 @@ pub async fn update(
         .await
 }
 
-/// Sessions that need an operator, most recently changed first.
+/// The session paid with `payment_intent_id`, if fulfill has seen it.
+pub async fn find_by_payment_intent(
+    conn: &mut AsyncPgConnection,
+    payment_intent_id: &str,
+) -> QueryResult<Option<SessionRow>> {
+    checkout_sessions::table
+        .filter(checkout_sessions::payment_intent_id.eq(payment_intent_id))
+        .select(SessionRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Sessions that need an operator (not credited, with the reason; or flagged after a
+/// reversal), most recently changed first.
 pub async fn needing_attention(
     conn: &mut AsyncPgConnection,
     limit: i64,
 ) -> QueryResult<Vec<SessionRow>> {
     checkout_sessions::table
-        .filter(checkout_sessions::state.eq(SessionState::NeedsAttention.as_str()))
+        .filter(
+            checkout_sessions::state
+                .eq(SessionState::NeedsAttention.as_str())
+                .or(checkout_sessions::attention.is_not_null()),
+        )
         .order(checkout_sessions::updated_at.desc())
         .limit(limit)
         .select(SessionRow::as_select())

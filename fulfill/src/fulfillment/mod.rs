@@ -6,6 +6,7 @@
 //! entry has a unique key, and the balance moves in the same transaction as the entry.
 
 pub mod credits;
+pub mod reversal;
 
 use std::sync::Arc;
 
@@ -14,10 +15,10 @@ use serde::Serialize;
 use shared::{
     envelope::EventEnvelope,
     ids::{CheckoutSessionId, EventId},
-    topology::CHECKOUT_EVENT_TYPES,
+    topology::{CHECKOUT_EVENT_TYPES, REVERSAL_EVENT_TYPES},
 };
 
-use self::credits::Decision;
+use self::{credits::Decision, reversal::RefundPolicy};
 use crate::{
     db::{
         self, Pool,
@@ -88,6 +89,8 @@ pub enum EventOutcome {
     /// The session was already in a final state: no Stripe call made.
     AlreadyFinal(SessionState),
     Fulfilled(FulfillmentState),
+    /// A refund or dispute, and what came of it.
+    Reversal(&'static str),
 }
 
 impl EventOutcome {
@@ -95,6 +98,7 @@ impl EventOutcome {
         match self {
             Self::Duplicate => "duplicate",
             Self::AlreadyFinal(_) => "already_final",
+            Self::Reversal(outcome) => outcome,
             Self::Fulfilled(s) if s.credited_now => "credited",
             Self::Fulfilled(s) => match s.state {
                 SessionState::Credited => "already_credited",
@@ -111,15 +115,30 @@ pub struct Fulfiller {
     pool: Pool,
     stripe: StripeClient,
     metrics: Arc<Metrics>,
+    refund_policy: RefundPolicy,
 }
 
 impl Fulfiller {
-    pub fn new(pool: Pool, stripe: StripeClient, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        pool: Pool,
+        stripe: StripeClient,
+        metrics: Arc<Metrics>,
+        refund_policy: RefundPolicy,
+    ) -> Self {
         Self {
             pool,
             stripe,
             metrics,
+            refund_policy,
         }
+    }
+
+    pub fn stripe(&self) -> &StripeClient {
+        &self.stripe
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn pool(&self) -> &Pool {
@@ -138,8 +157,17 @@ impl Fulfiller {
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
         span.record("event_type", envelope.event_type.as_str());
-        if !CHECKOUT_EVENT_TYPES.contains(&envelope.event_type.as_str()) {
+        let is_reversal = REVERSAL_EVENT_TYPES.contains(&envelope.event_type.as_str());
+        if !is_reversal && !CHECKOUT_EVENT_TYPES.contains(&envelope.event_type.as_str()) {
             return Err(FulfillError::UnsupportedEvent(envelope.event_type));
+        }
+        if is_reversal {
+            let mut conn = self.pool.get().await?;
+            if db::events::seen(&mut conn, envelope.id.as_str()).await? {
+                return Ok(EventOutcome::Duplicate);
+            }
+            drop(conn);
+            return self.handle_reversal(&envelope).await;
         }
         let session_id = envelope
             .object_id()

@@ -1,5 +1,6 @@
 //! fulfill's HTTP API: the route table, and the bearer-token check of CONTRACT.md.
 
+mod attention;
 mod auth;
 mod balance;
 mod fulfill;
@@ -21,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/checkout/sessions/{session_id}",
             web::get().to(fulfill::state),
         )
+        .route("/attention", web::get().to(attention::attention))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(metrics::metrics));

@@ -3,9 +3,11 @@
 //! `Retry-After`. <https://docs.stripe.com/error-low-level#idempotency> explains which
 //! failures are safe to retry; every call here is a GET, so all are.
 
+pub mod charge;
 pub mod checkout_session;
 pub mod error;
 pub mod line_items;
+pub mod paging;
 pub mod rate_limit;
 
 use std::{sync::Arc, time::Duration};

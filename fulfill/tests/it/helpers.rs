@@ -41,6 +41,7 @@ pub struct Options {
     pub stripe_timeout: Duration,
     /// Reach the broker through a proxy the test can cut (a crash, seen from the broker).
     pub via_proxy: bool,
+    pub refund_policy: fulfill::fulfillment::reversal::RefundPolicy,
 }
 
 impl Default for Options {
@@ -51,6 +52,7 @@ impl Default for Options {
             concurrency: 8,
             stripe_timeout: Duration::from_secs(3),
             via_proxy: false,
+            refund_policy: fulfill::fulfillment::reversal::RefundPolicy::Proportional,
         }
     }
 }
@@ -95,6 +97,8 @@ impl World {
                 retry_base: Duration::from_millis(100),
                 retry_max: Duration::from_millis(500),
             },
+            refund_policy: options.refund_policy,
+            reconcile_interval: None,
             amqp: self.broker.amqp_config(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Text,
@@ -135,6 +139,17 @@ impl World {
         .await;
         assert!(ready.is_some(), "fulfill never became ready");
         instance
+    }
+
+    /// The fulfillment core in-process, on this world's database and fake Stripe (for
+    /// reconciliation runs). Start an instance first: it applies the migrations.
+    pub fn fulfiller(&self, options: &Options) -> fulfill::fulfillment::Fulfiller {
+        let config = self.config(options);
+        let metrics = Arc::new(fulfill::metrics::Metrics::new());
+        let pool = fulfill::db::pool(&config.database_url, 4);
+        let stripe =
+            fulfill::stripe::StripeClient::new(config.stripe, Arc::clone(&metrics)).unwrap();
+        fulfill::fulfillment::Fulfiller::new(pool, stripe, metrics, options.refund_policy)
     }
 
     pub fn price(&self, spec: PriceSpec) -> String {
@@ -318,4 +333,15 @@ pub fn metric(metrics: &str, name_and_labels: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Polls `check` until it returns `Some` (within [`SETTLE`]).
+pub async fn eventually<T, F, Fut>(check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    test_support::wait_for(SETTLE, check)
+        .await
+        .expect("condition never met")
 }

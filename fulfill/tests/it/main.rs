@@ -8,4 +8,6 @@ mod api;
 mod credits_rule;
 mod delivery;
 mod helpers;
+mod operations;
+mod reversals;
 mod stripe_faults;

@@ -269,6 +269,36 @@ async fn signed_purchases_through_the_real_binaries_credit_exactly() {
         assert_eq!(stack.post(body).await, 200);
     }
     stack.settles("e2e-buyer", 20).await;
+
+    // A purchase whose webhook never came: `fulfill reconcile` heals it.
+    let missed = stack.session("e2e-buyer", "price_pack_10", 1, "paid").await;
+    stack.event(&missed, COMPLETED).await; // exists at Stripe, never delivered
+    let env = [
+        ("DATABASE_URL", db.url.clone()),
+        ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.to_owned()),
+        ("STRIPE_API_BASE", stack.stripe.clone()),
+        ("AMQP_URL", broker.url.clone()),
+        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+    ];
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binaries().join("fulfill"))
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["reconcile", "--since", "1h"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("reconcile:") && stdout.contains("healed=1") && stdout.contains("errors=0"), "{stdout}");
+    stack.settles("e2e-buyer", 30).await;
+    let out = cli(&["reconcile", "--since", "800h"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("30 days"));
+    let out = cli(&["dlq", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 dead letters"));
     stack.stop();
 }
 

@@ -8,6 +8,9 @@
 //! | `POST /_fake/sessions/{id}` `{"status"?, "payment_status"?}` | changes its state |
 //! | `POST /_fake/sessions/{id}/events` `{"type"}` | builds (and records) the webhook event → `{"id","body"}` with `body` the exact pretty-printed bytes as a string |
 //! | `POST /_fake/prices/{id}` `{"credits": "10" or null}` | changes `price.metadata.credits` |
+//! | `POST /_fake/sessions/{id}/refunds` `{"amount"?}` | refunds (the rest of) its payment → `{"refund","event_id","body"}` (`charge.refunded`) |
+//! | `POST /_fake/sessions/{id}/disputes` | opens a dispute → `{"dispute","event_id","body"}` (`charge.dispute.created`) |
+//! | `POST /_fake/disputes/{id}/close` `{"status":"won"/"lost"}` | → `{"event_id","body"}` (`charge.dispute.closed`) |
 //! | `GET /_fake/events/{id}` | a recorded event → `{"id","type","body"}` (for replays) |
 //! | `GET/PUT /_fake/knobs` [`Knobs`] | reads or sets faults and latency |
 //! | `GET /_fake/stats`, `DELETE /_fake/stats` | counters [`Stats`], reset |
@@ -24,6 +27,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_fake/sessions", web::post().to(create_session))
         .route("/_fake/sessions/{id}", web::post().to(update_session))
         .route("/_fake/sessions/{id}/events", web::post().to(create_event))
+        .route("/_fake/sessions/{id}/refunds", web::post().to(refund))
+        .route("/_fake/sessions/{id}/disputes", web::post().to(dispute))
+        .route("/_fake/disputes/{id}/close", web::post().to(close_dispute))
         .route("/_fake/events/{id}", web::get().to(get_event))
         .route("/_fake/knobs", web::get().to(get_knobs))
         .route("/_fake/knobs", web::put().to(put_knobs))
@@ -104,6 +110,59 @@ async fn create_event(
             "body": String::from_utf8_lossy(&bytes),
         })),
         None => HttpResponse::NotFound().json(json!({"error": format!("no session {id}")})),
+    }
+}
+
+#[derive(Deserialize)]
+struct RefundRequest {
+    amount: Option<i64>,
+}
+
+fn event_reply(
+    object_key: &str,
+    object_id: Option<String>,
+    event_id: String,
+    body: &[u8],
+) -> HttpResponse {
+    let mut reply = json!({"event_id": event_id, "body": String::from_utf8_lossy(body)});
+    if let Some(id) = object_id {
+        reply[object_key] = json!(id);
+    }
+    HttpResponse::Ok().json(reply)
+}
+
+async fn refund(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: Option<web::Json<RefundRequest>>,
+) -> HttpResponse {
+    let amount = body.and_then(|b| b.amount);
+    match state.refund_session(&path.into_inner(), amount) {
+        Ok((id, event_id, bytes)) => event_reply("refund", Some(id), event_id, &bytes),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
+    }
+}
+
+async fn dispute(state: web::Data<State>, path: web::Path<String>) -> HttpResponse {
+    match state.dispute_session(&path.into_inner()) {
+        Ok((id, event_id, bytes)) => event_reply("dispute", Some(id), event_id, &bytes),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
+    }
+}
+
+#[derive(Deserialize)]
+struct CloseRequest {
+    status: String,
+}
+
+async fn close_dispute(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<CloseRequest>,
+) -> HttpResponse {
+    match state.close_dispute(&path.into_inner(), &body.status) {
+        Ok((event_id, bytes)) => event_reply("dispute", None, event_id, &bytes),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
     }
 }
 

@@ -10,6 +10,8 @@ const PRODUCT: &str = include_str!("../../../../shared/stripe-fixtures/product.j
 const EVENT: &str =
     include_str!("../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
 const CHARGE: &str = include_str!("../../../../shared/stripe-fixtures/charge.json");
+const REFUND: &str = include_str!("../../../../shared/stripe-fixtures/refund.json");
+const DISPUTE: &str = include_str!("../../../../shared/stripe-fixtures/dispute.json");
 
 /// The API version the fake's events claim (that of the real delivered event).
 pub const API_VERSION: &str = "2025-04-30.basil";
@@ -209,6 +211,43 @@ pub fn charge_json(
     v
 }
 
+/// A refund of `amount` on `charge`, from the refund fixture.
+pub fn refund_json(
+    id: &str,
+    charge: &str,
+    payment_intent: &str,
+    amount: i64,
+    created: i64,
+) -> Value {
+    let mut v = fixture(REFUND);
+    set(&mut v, "id", json!(id));
+    set(&mut v, "charge", json!(charge));
+    set(&mut v, "payment_intent", json!(payment_intent));
+    set(&mut v, "amount", json!(amount));
+    set(&mut v, "created", json!(created));
+    set(&mut v, "status", json!("succeeded"));
+    v
+}
+
+/// A dispute on `charge`, from the dispute fixture.
+pub fn dispute_json(
+    id: &str,
+    charge: &str,
+    payment_intent: &str,
+    amount: i64,
+    status: &str,
+    created: i64,
+) -> Value {
+    let mut v = fixture(DISPUTE);
+    set(&mut v, "id", json!(id));
+    set(&mut v, "charge", json!(charge));
+    set(&mut v, "payment_intent", json!(payment_intent));
+    set(&mut v, "amount", json!(amount));
+    set(&mut v, "status", json!(status));
+    set(&mut v, "created", json!(created));
+    v
+}
+
 /// Stripe's error envelope.
 pub fn error_json(error_type: &str, code: Option<&str>, message: &str) -> Value {
     let mut error = json!({"type": error_type, "message": message});
@@ -232,7 +271,9 @@ mod tests {
 
     #[test]
     fn every_fixture_parses() {
-        for text in [SESSION, ITEM, PRICE, PRODUCT, EVENT, CHARGE] {
+        for text in [
+            SESSION, ITEM, PRICE, PRODUCT, EVENT, CHARGE, REFUND, DISPUTE,
+        ] {
             assert!(fixture(text).is_object());
         }
     }

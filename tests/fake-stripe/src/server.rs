@@ -26,6 +26,9 @@ pub(crate) fn build(listener: TcpListener, state: Arc<State>) -> std::io::Result
                 web::get().to(list_line_items),
             )
             .route("/v1/events", web::get().to(list_events))
+            .route("/v1/charges/{id}", web::get().to(retrieve_charge))
+            .route("/v1/refunds", web::get().to(list_refunds))
+            .route("/v1/disputes/{id}", web::get().to(retrieve_dispute))
             .configure(control::configure)
     })
     .listen(listener)?
@@ -273,16 +276,73 @@ async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpRespons
     };
     let since = created_at_least(&pairs);
     let status = value(&pairs, "status");
+    let payment_intent = value(&pairs, "payment_intent");
     let mut sessions: Vec<Value> = state
         .sessions_in_order()
         .into_iter()
         .filter(|s| s.created >= since && status.is_none_or(|st| s.status == st))
+        .filter(|s| payment_intent.is_none_or(|pi| s.payment_intent == pi))
         .map(|s| s.to_json())
         .collect();
     sessions.reverse();
     let (data, has_more) = page(sessions, &pairs, limit);
     state.count(|s| s.other_fetches += 1);
     HttpResponse::Ok().json(list_json(data, has_more, "/v1/checkout/sessions"))
+}
+
+async fn retrieve_charge(
+    req: HttpRequest,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Err(r) = gate(&state, &req).await {
+        return r;
+    }
+    let id = path.into_inner();
+    match state.charge_json(&id) {
+        Some(charge) => {
+            state.count(|s| s.other_fetches += 1);
+            HttpResponse::Ok().json(charge)
+        }
+        None => not_found(&state, "charge", &id, "charge"),
+    }
+}
+
+async fn retrieve_dispute(
+    req: HttpRequest,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Err(r) = gate(&state, &req).await {
+        return r;
+    }
+    let id = path.into_inner();
+    match state.dispute_json(&id) {
+        Some(dispute) => {
+            state.count(|s| s.other_fetches += 1);
+            HttpResponse::Ok().json(dispute)
+        }
+        None => not_found(&state, "dispute", &id, "dispute"),
+    }
+}
+
+/// `GET /v1/refunds?charge=…`, newest first.
+async fn list_refunds(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Err(r) = gate(&state, &req).await {
+        return r;
+    }
+    let pairs = query_pairs(req.query_string());
+    let limit = match limit(&pairs) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let refunds = match value(&pairs, "charge") {
+        Some(charge) => state.refunds_json(charge),
+        None => Vec::new(),
+    };
+    let (data, has_more) = page(refunds, &pairs, limit);
+    state.count(|s| s.other_fetches += 1);
+    HttpResponse::Ok().json(list_json(data, has_more, "/v1/refunds"))
 }
 
 /// Newest first; `types[]` and `type` filter, `created[gte]` bounds.

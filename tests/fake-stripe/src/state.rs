@@ -150,8 +150,29 @@ struct SessionRecord {
     paid_at: Option<Instant>,
 }
 
+#[derive(Debug, Clone)]
+struct Refund {
+    id: String,
+    charge: String,
+    payment_intent: String,
+    amount: i64,
+    created: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Dispute {
+    id: String,
+    charge: String,
+    payment_intent: String,
+    amount: i64,
+    status: String,
+    created: i64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
+    refunds: Vec<Refund>,
+    disputes: Vec<Dispute>,
     knobs: Knobs,
     stats: Stats,
     products: HashMap<String, Product>,
@@ -403,6 +424,146 @@ impl State {
     /// A recorded event by id.
     pub fn event(&self, id: &str) -> Option<Value> {
         self.lock().events.iter().find(|e| e["id"] == id).cloned()
+    }
+
+    /// The charge id of a session's payment (one charge per payment intent here).
+    pub fn charge_id(payment_intent: &str) -> String {
+        format!("ch_{}", payment_intent.trim_start_matches("pi_"))
+    }
+
+    fn session_by_charge(&self, charge: &str) -> Option<Session> {
+        let ids = self.lock().session_order.clone();
+        ids.iter()
+            .filter_map(|id| self.session(id))
+            .find(|s| Self::charge_id(&s.payment_intent) == charge)
+    }
+
+    pub(crate) fn charge_json(&self, charge: &str) -> Option<Value> {
+        let session = self.session_by_charge(charge)?;
+        let inner = self.lock();
+        let refunded: i64 = inner
+            .refunds
+            .iter()
+            .filter(|r| r.charge == charge)
+            .map(|r| r.amount)
+            .sum();
+        let mut v = objects::charge_json(
+            charge,
+            &session.payment_intent,
+            session.amount_total,
+            refunded,
+            &session.currency,
+        );
+        v["disputed"] = json!(inner.disputes.iter().any(|d| d.charge == charge));
+        v["captured"] = json!(true);
+        v["paid"] = json!(true);
+        v["created"] = json!(session.created);
+        Some(v)
+    }
+
+    /// Refunds of a charge, newest first (as Stripe lists them).
+    pub(crate) fn refunds_json(&self, charge: &str) -> Vec<Value> {
+        let inner = self.lock();
+        let mut out: Vec<Value> = inner
+            .refunds
+            .iter()
+            .filter(|r| r.charge == charge)
+            .map(|r| objects::refund_json(&r.id, &r.charge, &r.payment_intent, r.amount, r.created))
+            .collect();
+        out.reverse();
+        out
+    }
+
+    pub(crate) fn dispute_json(&self, id: &str) -> Option<Value> {
+        let inner = self.lock();
+        let d = inner.disputes.iter().find(|d| d.id == id)?;
+        Some(objects::dispute_json(
+            &d.id,
+            &d.charge,
+            &d.payment_intent,
+            d.amount,
+            &d.status,
+            d.created,
+        ))
+    }
+
+    /// Refunds `amount` (the rest of the charge when `None`) of a session's payment and
+    /// records the `charge.refunded` event. Returns `(refund id, event id, event body)`.
+    pub fn refund_session(
+        &self,
+        session_id: &str,
+        amount: Option<i64>,
+    ) -> Result<(String, String, Vec<u8>), String> {
+        let session = self.session(session_id).ok_or("no such session")?;
+        let charge = Self::charge_id(&session.payment_intent);
+        let id = random_id("re_", 24);
+        {
+            let mut inner = self.lock();
+            let refunded: i64 = inner
+                .refunds
+                .iter()
+                .filter(|r| r.charge == charge)
+                .map(|r| r.amount)
+                .sum();
+            let left = session.amount_total - refunded;
+            let amount = amount.unwrap_or(left);
+            if amount <= 0 || amount > left {
+                return Err(format!("cannot refund {amount}: {left} left on the charge"));
+            }
+            // Strictly increasing creation times keep the refund order unambiguous.
+            let created = inner
+                .refunds
+                .last()
+                .map_or(crate::now(), |r| r.created.max(crate::now() - 1) + 1);
+            inner.refunds.push(Refund {
+                id: id.clone(),
+                charge: charge.clone(),
+                payment_intent: session.payment_intent.clone(),
+                amount,
+                created,
+            });
+        }
+        let object = self.charge_json(&charge).ok_or("charge vanished")?;
+        let (event_id, body) = self.record_event("charge.refunded", object);
+        Ok((id, event_id, body))
+    }
+
+    /// Opens a dispute on a session's payment and records `charge.dispute.created`.
+    /// Returns `(dispute id, event id, event body)`.
+    pub fn dispute_session(&self, session_id: &str) -> Result<(String, String, Vec<u8>), String> {
+        let session = self.session(session_id).ok_or("no such session")?;
+        let charge = Self::charge_id(&session.payment_intent);
+        let id = random_id("dp_", 24);
+        self.lock().disputes.push(Dispute {
+            id: id.clone(),
+            charge,
+            payment_intent: session.payment_intent.clone(),
+            amount: session.amount_total,
+            status: "needs_response".into(),
+            created: crate::now(),
+        });
+        let object = self.dispute_json(&id).ok_or("dispute vanished")?;
+        let (event_id, body) = self.record_event("charge.dispute.created", object);
+        Ok((id, event_id, body))
+    }
+
+    /// Closes a dispute as `won` or `lost` and records `charge.dispute.closed`.
+    pub fn close_dispute(
+        &self,
+        dispute_id: &str,
+        status: &str,
+    ) -> Result<(String, Vec<u8>), String> {
+        {
+            let mut inner = self.lock();
+            let d = inner
+                .disputes
+                .iter_mut()
+                .find(|d| d.id == dispute_id)
+                .ok_or("no such dispute")?;
+            d.status = status.to_owned();
+        }
+        let object = self.dispute_json(dispute_id).ok_or("dispute vanished")?;
+        Ok(self.record_event("charge.dispute.closed", object))
     }
 
     pub(crate) fn events(&self) -> Vec<Value> {

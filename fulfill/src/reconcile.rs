@@ -1,0 +1,319 @@
+//! Healing what webhooks missed, from Stripe's Events API and sessions list.
+//!
+//! Stripe stops retrying a webhook after three days and, rarely, never creates an event;
+//! endpoints get misconfigured. Reconciliation pages through `GET /v1/events` for the
+//! event types fulfill consumes (created since a cursor kept in PostgreSQL, minus an
+//! overlap) and feeds each through the very path a webhook takes (so an event already
+//! processed costs nothing), then sweeps `GET /v1/checkout/sessions?status=complete` over
+//! the same window and fulfills every session not yet settled. Everything goes through
+//! the same idempotent fulfillment and the same Stripe rate budget.
+//! <https://docs.stripe.com/webhooks/process-undelivered-events>
+
+use std::time::Duration;
+
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+use diesel_async::RunQueryDsl;
+use serde::Deserialize;
+use shared::{ids::CheckoutSessionId, topology};
+
+use crate::{
+    db::{schema::reconcile_cursors, sessions},
+    error::{FulfillError, error_chain},
+    fulfillment::{EventOutcome, Fulfiller, Trigger},
+    stripe::paging::Pager,
+};
+
+/// Stripe keeps events for 30 days.
+pub const MAX_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Used when there is no cursor yet and no `--since`.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(72 * 3600);
+/// Re-read this much before the cursor: events can appear with a slightly older `created`.
+pub const OVERLAP: Duration = Duration::from_secs(10 * 60);
+const CURSOR: &str = "checkout";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("--since {0:?} is beyond the 30 days Stripe keeps events; use at most 720h")]
+    TooFarBack(Duration),
+    #[error("invalid duration {0:?}: use a number followed by s, m, h or d (e.g. 72h)")]
+    BadDuration(String),
+    #[error(transparent)]
+    Fulfill(#[from] FulfillError),
+}
+
+/// Parses `90s`, `15m`, `72h`, `3d`.
+pub fn parse_duration(raw: &str) -> Result<Duration, ReconcileError> {
+    let raw = raw.trim();
+    let bad = || ReconcileError::BadDuration(raw.to_owned());
+    let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub since: i64,
+    pub events: u64,
+    pub events_new: u64,
+    pub sessions: u64,
+    pub sessions_checked: u64,
+    /// Sessions this run credited: what the webhooks had missed.
+    pub healed: u64,
+    pub needs_attention: u64,
+    pub errors: u64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reconcile: since={} events={} events_new={} sessions={} sessions_checked={} healed={} needs_attention={} errors={}",
+            self.since,
+            self.events,
+            self.events_new,
+            self.sessions,
+            self.sessions_checked,
+            self.healed,
+            self.needs_attention,
+            self.errors
+        )
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Runs one reconciliation over `since` (or from the stored cursor) and advances the
+/// cursor when every item went through.
+pub async fn run(fulfiller: &Fulfiller, since: Option<Duration>) -> Result<Report, ReconcileError> {
+    if let Some(s) = since
+        && s > MAX_LOOKBACK
+    {
+        return Err(ReconcileError::TooFarBack(s));
+    }
+    let started = now();
+    let created_gte = match since {
+        Some(s) => started - secs(s),
+        None => match read_cursor(fulfiller).await? {
+            Some(cursor) => (cursor - secs(OVERLAP)).max(started - secs(MAX_LOOKBACK)),
+            None => started - secs(DEFAULT_LOOKBACK),
+        },
+    };
+    let mut report = Report {
+        since: created_gte,
+        ..Report::default()
+    };
+    let created = created_gte.to_string();
+    events(fulfiller, &created, &mut report).await?;
+    sessions(fulfiller, &created, &mut report).await?;
+    if report.errors == 0 {
+        write_cursor(fulfiller, started).await?;
+    }
+    fulfiller.metrics().reconcile_healed.inc_by(report.healed);
+    Ok(report)
+}
+
+async fn events(
+    fulfiller: &Fulfiller,
+    created_gte: &str,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let mut query: Vec<(&str, &str)> = topology::consumed_event_types()
+        .map(|t| ("types[]", t))
+        .collect();
+    query.push(("created[gte]", created_gte));
+    let mut pager = Pager::new(fulfiller.stripe(), "events.list", "/v1/events", &query);
+    while let Some(page) = pager
+        .next_page::<serde_json::Value>()
+        .await
+        .map_err(FulfillError::from)?
+    {
+        for event in page {
+            report.events += 1;
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            match fulfiller.handle_event(&body).await {
+                Ok(EventOutcome::Duplicate) | Ok(EventOutcome::AlreadyFinal(_)) => {}
+                Ok(outcome) => {
+                    report.events_new += 1;
+                    count(report, &outcome);
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(event_id = ?event.get("id"), error = %error_chain(&e), "reconcile: event failed");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count(report: &mut Report, outcome: &EventOutcome) {
+    match outcome.label() {
+        "credited" => report.healed += 1,
+        "needs_attention" => report.needs_attention += 1,
+        _ => {}
+    }
+}
+
+async fn sessions(
+    fulfiller: &Fulfiller,
+    created_gte: &str,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    #[derive(Deserialize)]
+    struct Listed {
+        id: String,
+    }
+    impl crate::stripe::paging::Identified for Listed {
+        fn list_id(&self) -> Option<&str> {
+            Some(&self.id)
+        }
+    }
+    let query = [("status", "complete"), ("created[gte]", created_gte)];
+    let mut pager = Pager::new(
+        fulfiller.stripe(),
+        "checkout_sessions.list",
+        "/v1/checkout/sessions",
+        &query,
+    );
+    while let Some(page) = pager
+        .next_page::<Listed>()
+        .await
+        .map_err(FulfillError::from)?
+    {
+        for listed in page {
+            report.sessions += 1;
+            let Ok(id) = CheckoutSessionId::parse(listed.id) else {
+                report.errors += 1;
+                continue;
+            };
+            // Settled sessions cost no Stripe call.
+            if let Some(state) = fulfiller.recorded_state(&id).await?
+                && matches!(
+                    state.state,
+                    sessions::SessionState::Credited
+                        | sessions::SessionState::Expired
+                        | sessions::SessionState::Failed
+                )
+            {
+                continue;
+            }
+            report.sessions_checked += 1;
+            match fulfiller.fulfill_session(&id, Trigger::Direct).await {
+                Ok(state) if state.credited_now => report.healed += 1,
+                Ok(state) if state.state == sessions::SessionState::NeedsAttention => {
+                    report.needs_attention += 1
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(session_id = %id, error = %error_chain(&e), "reconcile: session failed");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn read_cursor(fulfiller: &Fulfiller) -> Result<Option<i64>, FulfillError> {
+    let mut conn = fulfiller.pool().get().await?;
+    Ok(reconcile_cursors::table
+        .filter(reconcile_cursors::name.eq(CURSOR))
+        .select(reconcile_cursors::created_gte)
+        .first::<i64>(&mut conn)
+        .await
+        .optional()?)
+}
+
+async fn write_cursor(fulfiller: &Fulfiller, created_gte: i64) -> Result<(), FulfillError> {
+    let mut conn = fulfiller.pool().get().await?;
+    diesel::insert_into(reconcile_cursors::table)
+        .values((
+            reconcile_cursors::name.eq(CURSOR),
+            reconcile_cursors::created_gte.eq(created_gte),
+        ))
+        .on_conflict(reconcile_cursors::name)
+        .do_update()
+        .set((
+            reconcile_cursors::created_gte.eq(created_gte),
+            reconcile_cursors::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// The background loop (`FULFILL_RECONCILE_INTERVAL_SECS`): one process at a time runs it,
+/// under a PostgreSQL advisory lock.
+pub async fn run_periodically(
+    fulfiller: std::sync::Arc<Fulfiller>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const LOCK: i64 = 0x0072_6563_6f6e_6369; // "reconci"
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Ok(mut conn) = fulfiller.pool().get_owned().await else {
+            continue;
+        };
+        #[derive(diesel::QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            locked: bool,
+        }
+        let locked = diesel::sql_query(format!("SELECT pg_try_advisory_lock({LOCK}) AS locked"))
+            .get_result::<Locked>(&mut conn)
+            .await
+            .is_ok_and(|l| l.locked);
+        if !locked {
+            continue;
+        }
+        match run(&fulfiller, None).await {
+            Ok(report) => tracing::info!(%report, "background reconciliation done"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "background reconciliation failed"),
+        }
+        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK})"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(
+            parse_duration("72h").unwrap(),
+            Duration::from_secs(72 * 3600)
+        );
+        assert_eq!(
+            parse_duration("3d").unwrap(),
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        for bad in ["", "h", "72", "72w", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
