@@ -39,6 +39,23 @@ impl FulfillError {
         }
     }
 
+    /// Which kind of failure, for a span's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedEvent(_) => "unsupported_event",
+            Self::Stripe(_) => "stripe",
+            Self::Database(_) => "database",
+            Self::Pool(_) => "pool",
+        }
+    }
+
+    /// Marks `span` (declaring `otel.status_code` and `error.type`) as failed by this.
+    pub fn record_on(&self, span: &tracing::Span) {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", self.kind());
+    }
+
     /// `poison` for messages that can never be processed, else `permanent`.
     pub fn dead_letter_kind(&self) -> &'static str {
         match self {

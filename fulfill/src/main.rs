@@ -157,16 +157,20 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
 
 async fn serve() -> anyhow::Result<()> {
     let config = Config::from_env(&ProcessEnv).context("invalid configuration")?;
-    let _telemetry = telemetry::init("fulfill", &config.telemetry);
+    let telemetry = telemetry::init("fulfill", &config.telemetry);
     let addr = config.addr;
     let shutdown = shutdown::on_signal();
     let app = Application::build(config)
         .await
         .with_context(|| format!("fulfill could not start (HTTP address {addr})"))?;
     tracing::info!(%addr, port = app.port(), "fulfill listening");
-    app.run_until_stopped(shutdown)
+    let stopped = app
+        .run_until_stopped(shutdown)
         .await
-        .context("fulfill stopped with an error")
+        .context("fulfill stopped with an error");
+    // Last: the spans of the deliveries drained above are complete only now.
+    telemetry.shutdown();
+    stopped
 }
 
 async fn migrate() -> anyhow::Result<()> {

@@ -12,8 +12,9 @@ use std::{
     time::Duration,
 };
 
-use actix_web::{App, HttpServer, dev::Server, web};
+use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 use secrecy::SecretString;
+use shared::telemetry::http::server_span;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -98,6 +99,7 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(server_span))
                 .app_data(state.clone())
                 .configure(http::configure)
         })

@@ -10,12 +10,16 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("ingest takes no arguments (got {arg:?}); it is configured by environment");
     }
     let config = Config::from_env(&ProcessEnv).context("invalid configuration")?;
-    let _telemetry = telemetry::init("ingest", &config.telemetry);
+    let telemetry = telemetry::init("ingest", &config.telemetry);
     let addr = config.addr;
     let app = Application::build(config).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, port = app.port(), "ingest listening");
     let shutdown = shutdown::on_signal();
-    app.run_until_stopped(shutdown)
+    let stopped = app
+        .run_until_stopped(shutdown)
         .await
-        .context("ingest stopped with an error")
+        .context("ingest stopped with an error");
+    // Last: the spans of the requests drained above are complete only now.
+    telemetry.shutdown();
+    stopped
 }

@@ -20,11 +20,14 @@ use std::{
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::ShortString,
+    types::{FieldTable, ShortString},
 };
-use shared::{amqp, config::AmqpConfig, envelope::EventEnvelope, topology::Topology};
+use shared::{
+    amqp, config::AmqpConfig, envelope::EventEnvelope, telemetry::propagation, topology::Topology,
+};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field::Empty};
 
 use crate::metrics::{Metrics, ResultLabels};
 
@@ -126,15 +129,51 @@ impl Publisher {
         self.inner.current().is_some_and(|live| live.healthy())
     }
 
-    /// Publishes `body` (the exact bytes Stripe signed) and waits for the broker's confirm.
-    #[tracing::instrument(name = "publish", skip_all, fields(event_id = %envelope.id, event_type = %envelope.event_type))]
+    /// Publishes `body` (the exact bytes Stripe signed) and waits for the broker's confirm,
+    /// under a producer span whose context travels in the message headers.
     pub async fn publish(&self, envelope: &EventEnvelope, body: &[u8]) -> Result<(), PublishError> {
+        let span = self.producer_span(envelope, body.len());
+        self.publish_in(envelope, body).instrument(span).await
+    }
+
+    /// The producer span, by the messaging semantic conventions: named
+    /// `publish {exchange}`, one per message, ended when the broker has confirmed.
+    /// <https://opentelemetry.io/docs/specs/semconv/messaging/rabbitmq/>
+    fn producer_span(&self, envelope: &EventEnvelope, body_size: usize) -> tracing::Span {
+        let exchange = self.inner.topology.events_exchange();
+        // For checkout events data.object is the session; other events carry no session.
+        let session_id = envelope.object_id().filter(|id| id.starts_with("cs_"));
+        tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {exchange}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = %envelope.event_type,
+            messaging.message.id = %envelope.id,
+            messaging.message.body.size = body_size,
+            error.type = Empty,
+            event_id = %envelope.id,
+            event_type = %envelope.event_type,
+            session_id = session_id.as_deref(),
+        )
+    }
+
+    async fn publish_in(&self, envelope: &EventEnvelope, body: &[u8]) -> Result<(), PublishError> {
         let start = Instant::now();
         let result = self.publish_confirmed(envelope, body).await;
         let label = match &result {
             Ok(()) => "ack",
             Err(e) => e.label(),
         };
+        if result.is_err() {
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", label);
+        }
         self.inner
             .metrics
             .publish_seconds
@@ -162,13 +201,20 @@ impl Publisher {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let properties = BasicProperties::default()
+        // The producer span's W3C trace context (nothing when traces are off), for
+        // fulfill's consumer span to continue the trace.
+        let mut headers = FieldTable::default();
+        propagation::inject(&tracing::Span::current(), &mut headers);
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type(ShortString::from("application/json"))
             .with_message_id(ShortString::from(envelope.id.as_str()))
             .with_type(ShortString::from(envelope.event_type.as_str()))
             .with_timestamp(now)
             .with_app_id(ShortString::from("ingest"));
+        if !headers.inner().is_empty() {
+            properties = properties.with_headers(headers);
+        }
         let options = BasicPublishOptions {
             // Unroutable messages come back instead of vanishing. With the alternate
             // exchange in place this only fires if the topology was deleted under us.

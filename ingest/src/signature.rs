@@ -382,4 +382,56 @@ mod tests {
         let s = secret("whsec_supersecret");
         assert!(!format!("{s:?}").contains("supersecret"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_headers_and_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..4096), header in ".{0,600}") {
+                let _ = verify(&body, Some(&header), &[secret("whsec_abc")], NOW, TOL);
+                if let Ok(parsed) = parse_header(&header) {
+                    prop_assert!(parsed.v1.len() <= MAX_SIGNATURES);
+                }
+            }
+
+            #[test]
+            fn any_mutation_of_a_signed_body_is_rejected(
+                body in proptest::collection::vec(any::<u8>(), 1..2048),
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..=255,
+            ) {
+                let s = secret("whsec_abc");
+                let header = sign(&body, &s, NOW);
+                prop_assert_eq!(check(&body, &header, std::slice::from_ref(&s)), Ok(NOW));
+                let mut mutated = body.clone();
+                let i = at.index(mutated.len());
+                mutated[i] ^= flip;
+                prop_assert_eq!(check(&mutated, &header, &[s]), Err(SignatureError::NoMatch));
+            }
+
+            #[test]
+            fn any_mutation_of_the_header_is_rejected(
+                body in proptest::collection::vec(any::<u8>(), 1..512),
+                at in any::<prop::sample::Index>(),
+                replacement in any::<char>(),
+            ) {
+                let s = secret("whsec_abc");
+                let header = sign(&body, &s, NOW);
+                let mut chars: Vec<char> = header.chars().collect();
+                let i = at.index(chars.len());
+                prop_assume!(chars[i] != replacement);
+                // Changing case of a hex digit keeps the same bytes: not a mutation.
+                prop_assume!(!(chars[i].is_ascii_hexdigit() && replacement.is_ascii_hexdigit()
+                    && chars[i].eq_ignore_ascii_case(&replacement)));
+                chars[i] = replacement;
+                let mutated: String = chars.into_iter().collect();
+                prop_assert!(check(&body, &mutated, &[s]).is_err(), "{mutated}");
+            }
+        }
+    }
 }

@@ -127,4 +127,26 @@ mod tests {
             Err(EnvelopeError::BadType)
         ));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                if let Ok(env) = EventEnvelope::parse(&body) {
+                    prop_assert_eq!(env.object.as_str(), "event");
+                    let _ = env.object_id();
+                }
+            }
+
+            #[test]
+            fn arbitrary_json_values_never_panic(id in ".{0,40}", kind in ".{0,40}", object in ".{0,20}") {
+                let body = serde_json::json!({"id": id, "object": object, "type": kind, "data": {"object": {"id": id}}});
+                let _ = EventEnvelope::parse(body.to_string().as_bytes());
+            }
+        }
+    }
 }

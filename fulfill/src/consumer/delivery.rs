@@ -12,14 +12,17 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use shared::amqp::{self, headers};
+use shared::{
+    amqp::{self, headers},
+    telemetry::{self, propagation},
+};
+use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Context;
 use crate::{error::error_chain, metrics::KindLabels};
 
 pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Delivery) {
-    let started = Instant::now();
-    context.metrics.in_flight.inc();
     let event_type = delivery
         .properties
         .kind()
@@ -30,11 +33,73 @@ pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Deli
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0)
         + 1;
+    let span = consumer_span(context, &delivery, &event_type, attempts);
+    settle(context, publish, delivery, &event_type, attempts)
+        .instrument(span)
+        .await;
+}
 
+/// The consumer span, by the messaging semantic conventions: `process {queue}`, kind
+/// consumer, its parent the producer span whose context ingest put in the headers (the
+/// same on every retry of the message, so retries stay in the publishing trace).
+/// <https://opentelemetry.io/docs/specs/semconv/messaging/messaging-spans/#consumer-spans>
+fn consumer_span(
+    context: &Context,
+    delivery: &Delivery,
+    event_type: &str,
+    attempts: u32,
+) -> tracing::Span {
+    let queue = context.topology.checkout_queue();
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(ShortString::as_str);
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {queue}"),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %queue,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        messaging.message.id = message_id,
+        messaging.message.body.size = delivery.data.len(),
+        error.type = Empty,
+        event_id = message_id,
+        event_type,
+        attempt = attempts,
+        outcome = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    // Without an exporter there is no layer to take the parent; nothing to do then.
+    let _ = span.set_parent(propagation::extract(delivery.properties.headers().as_ref()));
+    telemetry::record_trace_ids(&span);
+    span
+}
+
+async fn settle(
+    context: &Context,
+    publish: &Channel,
+    delivery: Delivery,
+    event_type: &str,
+    attempts: u32,
+) {
+    let started = Instant::now();
+    context.metrics.in_flight.inc();
+    let span = tracing::Span::current();
     let result = context.fulfiller.handle_event(&delivery.data).await;
+    if let Err(e) = &result {
+        e.record_on(&span);
+    }
     let settled = match result {
         Ok(outcome) => {
-            context.metrics.event(&event_type, outcome.label());
+            context.metrics.event(event_type, outcome.label());
+            span.record("outcome", outcome.label());
             tracing::debug!(outcome = outcome.label(), "delivery processed");
             ack(&delivery).await
         }
@@ -45,7 +110,8 @@ pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Deli
                 context.config.retry_max,
             );
             tracing::warn!(error = %error_chain(&e), attempts, delay_ms = delay.as_millis() as u64, "transient failure; retrying later");
-            context.metrics.event(&event_type, "retry");
+            context.metrics.event(event_type, "retry");
+            span.record("outcome", "retry");
             context.metrics.requeued.inc();
             let mut h = carried_headers(&delivery);
             h.insert(
@@ -67,7 +133,8 @@ pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Deli
             };
             let reason = error_chain(&e);
             tracing::error!(error = %reason, kind, attempts, "dead-lettering the message");
-            context.metrics.event(&event_type, "dead_lettered");
+            context.metrics.event(event_type, "dead_lettered");
+            span.record("outcome", "dead_lettered");
             context
                 .metrics
                 .dead_letters

@@ -30,6 +30,21 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Serialises migrations across fulfill processes starting together.
 const MIGRATION_LOCK: i64 = 0x0066_756c_6669_6c6c; // "fulfill"
 
+/// The client span around one transaction, by the database semantic conventions
+/// (`db.system.name`); statements inside are not traced one by one, and nothing of the
+/// connection string (which holds the password) is recorded. A rolled-back transaction
+/// gets status ERROR from its caller ([`crate::error::FulfillError::record_on`]).
+/// <https://opentelemetry.io/docs/specs/semconv/database/database-spans/>
+pub fn transaction_span() -> tracing::Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        error.type = tracing::field::Empty,
+    )
+}
+
 /// A pool that connects lazily: start-up does not fail while PostgreSQL is restarting.
 pub fn pool(url: &SecretString, max_size: u32) -> Pool {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.expose_secret());

@@ -17,6 +17,7 @@ use shared::{
     ids::{CheckoutSessionId, EventId},
     topology::{CHECKOUT_EVENT_TYPES, REVERSAL_EVENT_TYPES},
 };
+use tracing::Instrument;
 
 use self::{credits::Decision, reversal::RefundPolicy};
 use crate::{
@@ -149,7 +150,7 @@ impl Fulfiller {
     #[tracing::instrument(
         name = "fulfill.event",
         skip_all,
-        fields(event_id, event_type, session_id)
+        fields(event_id, event_type, session_id, user_id)
     )]
     pub async fn handle_event(&self, body: &[u8]) -> Result<EventOutcome, FulfillError> {
         let envelope =
@@ -203,27 +204,43 @@ impl Fulfiller {
             id: &envelope.id,
             event_type: &envelope.event_type,
         };
-        self.fulfill_session(&session_id, trigger)
-            .await
-            .map(EventOutcome::Fulfilled)
+        let state = self.fulfill_session(&session_id, trigger).await?;
+        if let Some(user) = &state.user_id {
+            span.record("user_id", user.as_str());
+        }
+        Ok(EventOutcome::Fulfilled(state))
     }
 
     /// Refetches the session from Stripe and applies the credits rule, exactly once.
-    #[tracing::instrument(name = "fulfill.session", skip_all, fields(session_id = %session_id))]
+    #[tracing::instrument(
+        name = "fulfill.session",
+        skip_all,
+        fields(session_id = %session_id, user_id)
+    )]
     pub async fn fulfill_session(
         &self,
         session_id: &CheckoutSessionId,
         trigger: Trigger<'_>,
     ) -> Result<FulfillmentState, FulfillError> {
+        let span = tracing::Span::current();
         let session = checkout_session::fetch(&self.stripe, session_id).await?;
         let decision = credits::decide(&session);
+        if let Decision::Credit { user, .. } = &decision {
+            span.record("user_id", user.as_str());
+        }
         let mut conn = self.pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
+        let transaction = db::transaction_span();
         let state = conn
             .transaction(async |conn: &mut AsyncPgConnection| {
                 persist(conn, session_id, &session, &decision, trigger).await
             })
-            .await?;
+            .instrument(transaction.clone())
+            .await
+            .inspect_err(|e| e.record_on(&transaction))?;
+        if let Some(user) = &state.user_id {
+            span.record("user_id", user.as_str());
+        }
         if state.credited_now {
             self.metrics.sessions_credited.inc();
             if let Some(credits) = state.credits {

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use shared::{envelope::EventEnvelope, ids::CheckoutSessionId};
+use tracing::Instrument;
 
 use super::{EventOutcome, Fulfiller, Trigger};
 use crate::{
@@ -116,6 +117,8 @@ impl Fulfiller {
         let Some(session_id) = self.session_for(payment_intent.as_deref()).await? else {
             return self.record_only(envelope, "not_from_checkout").await;
         };
+        // The `fulfill.event` span this runs in.
+        tracing::Span::current().record("session_id", session_id.as_str());
         let action = match dispute {
             None => Action::Refunds {
                 charge_amount: charge.amount,
@@ -134,11 +137,14 @@ impl Fulfiller {
         let policy = self.refund_policy;
         let mut conn = self.pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
+        let transaction = db::transaction_span();
         let outcome = conn
             .transaction(async |conn: &mut AsyncPgConnection| {
                 apply(conn, &session_id, envelope, &action, policy).await
             })
-            .await?;
+            .instrument(transaction.clone())
+            .await
+            .inspect_err(|e| e.record_on(&transaction))?;
         if outcome == "flagged" {
             self.metrics.needs_attention.inc();
             tracing::warn!(session_id = %session_id, "a reversal left the balance negative");

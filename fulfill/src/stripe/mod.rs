@@ -15,6 +15,7 @@ use std::{sync::Arc, time::Duration};
 use reqwest::{StatusCode, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, de::DeserializeOwned};
+use tracing::{Instrument, field::Empty};
 
 pub use self::error::StripeError;
 use self::rate_limit::RateLimiter;
@@ -89,7 +90,7 @@ impl StripeClient {
     ) -> Result<T, StripeError> {
         let mut attempt = 0;
         loop {
-            let result = self.get_once(endpoint, path, query).await;
+            let result = self.get_once(endpoint, path, query, attempt).await;
             match result {
                 Err(e) if e.is_transient() && attempt < self.config.max_retries => {
                     let delay = e
@@ -112,14 +113,35 @@ impl StripeClient {
         }
     }
 
+    /// One attempt, under its own HTTP client span (a retry is a new span, as the HTTP
+    /// semantic conventions ask).
     async fn get_once<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         path: &str,
         query: &[(&str, &str)],
+        attempt: u32,
     ) -> Result<T, StripeError> {
         self.limiter.acquire().await;
         let url = format!("{}{path}", self.config.api_base.trim_end_matches('/'));
+        let span = client_span(&url, endpoint, attempt);
+        let result = self
+            .send(endpoint, &url, query)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", e.status_label().as_str());
+        }
+        result
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, StripeError> {
         let sent = self
             .http
             .get(url)
@@ -132,6 +154,7 @@ impl StripeClient {
             Err(e) => Err(StripeError::Transport(e)),
             Ok(response) => {
                 let status = response.status();
+                tracing::Span::current().record("http.response.status_code", status.as_u16());
                 let headers = response.headers().clone();
                 match response.bytes().await {
                     Err(e) => Err(StripeError::Transport(e)),
@@ -152,6 +175,40 @@ impl StripeClient {
             .inc();
         result
     }
+}
+
+/// The HTTP client span of one Stripe call, by the HTTP semantic conventions: `GET`,
+/// kind client, `url.full` without the query string and without any credentials (the
+/// API key travels in the `Authorization` header, which is never recorded).
+/// <https://opentelemetry.io/docs/specs/semconv/http/http-spans/#http-client>
+fn client_span(url: &str, endpoint: &'static str, attempt: u32) -> tracing::Span {
+    let parsed = reqwest::Url::parse(url).ok();
+    let full = parsed.as_ref().map(|u| {
+        let mut clean = u.clone();
+        clean.set_query(None);
+        clean.set_fragment(None);
+        let _ = clean.set_username("");
+        let _ = clean.set_password(None);
+        clean.to_string()
+    });
+    let span = tracing::info_span!(
+        "stripe",
+        otel.name = "GET",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = "GET",
+        url.full = full.as_deref(),
+        server.address = parsed.as_ref().and_then(|u| u.host_str()),
+        server.port = parsed.as_ref().and_then(reqwest::Url::port_or_known_default),
+        http.response.status_code = Empty,
+        http.request.resend_count = Empty,
+        error.type = Empty,
+        stripe.endpoint = endpoint,
+    );
+    if attempt > 0 {
+        span.record("http.request.resend_count", attempt);
+    }
+    span
 }
 
 fn api_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> StripeError {

@@ -102,6 +102,7 @@ impl World {
             amqp: self.broker.amqp_config(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Text,
+                otlp: None,
             },
         }
     }

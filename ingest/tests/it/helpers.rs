@@ -30,6 +30,7 @@ pub struct Options {
     /// Point at an address where no broker listens.
     pub unreachable_broker: bool,
     pub body_limit: Option<usize>,
+    pub body_timeout: Option<Duration>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -66,11 +67,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         body_limit: options.body_limit.unwrap_or(1024 * 1024),
         publish_timeout: Duration::from_secs(3),
         publish_channels: 2,
-        body_timeout: Duration::from_secs(5),
+        body_timeout: options.body_timeout.unwrap_or(Duration::from_secs(5)),
         workers: 2,
         amqp,
         telemetry: TelemetryConfig {
             log_format: shared::telemetry::LogFormat::Text,
+            otlp: None,
         },
     };
     let app = Application::build(config).expect("build ingest");

@@ -25,6 +25,13 @@ const OUR_SERVICES: [&str; 3] = ["ingest", "fulfill", "fake-stripe"];
 /// Read by tracing-subscriber's `EnvFilter::try_from_default_env`, not by our code.
 const READ_BY_LIBRARIES: [&str; 1] = ["RUST_LOG"];
 
+/// Families of variables read by a library rather than by our code: `OTEL_*` is the
+/// OpenTelemetry SDK's standard configuration (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, …), read by
+/// opentelemetry_sdk and opentelemetry-otlp, which `shared` links (checked below).
+const READ_BY_LIBRARY_PREFIXES: [(&str, &[&str]); 1] =
+    [("OTEL_", &["opentelemetry_sdk", "opentelemetry-otlp"])];
+
 /// Crates whose sources end up in our images (and whose env reads count).
 const SOURCE_DIRS: [&str; 4] = ["ingest", "fulfill", "shared", "tests/fake-stripe"];
 
@@ -82,7 +89,25 @@ fn rust_sources() -> Vec<(PathBuf, String)> {
 /// direct `std::env::var("NAME")`), or the variable is read by a library we use.
 fn env_is_read(sources: &[(PathBuf, String)], name: &str) -> bool {
     let literal = format!("\"{name}\"");
-    READ_BY_LIBRARIES.contains(&name) || sources.iter().any(|(_, text)| text.contains(&literal))
+    READ_BY_LIBRARIES.contains(&name)
+        || READ_BY_LIBRARY_PREFIXES
+            .iter()
+            .any(|(prefix, _)| name.starts_with(prefix))
+        || sources.iter().any(|(_, text)| text.contains(&literal))
+}
+
+#[test]
+fn variable_families_are_allowed_only_while_the_library_reading_them_is_linked() {
+    let manifest: toml::Table = read("shared/Cargo.toml").parse().unwrap();
+    let dependencies = manifest["dependencies"].as_table().unwrap();
+    for (prefix, crates) in READ_BY_LIBRARY_PREFIXES {
+        for krate in crates {
+            assert!(
+                dependencies.contains_key(*krate),
+                "{prefix}* variables are allowed because shared links {krate}, which it no longer does"
+            );
+        }
+    }
 }
 
 fn last_number(text: &str) -> Option<u16> {
@@ -456,6 +481,42 @@ fn every_environment_variable_compose_sets_for_our_services_is_read_by_the_code(
     assert_eq!(fake["FAKE_STRIPE_SEED"], "1");
     // The fake's API key is the one fulfill sends by default.
     assert!(fulfill["STRIPE_SECRET_KEY"].contains(&fake["FAKE_STRIPE_API_KEY"]));
+}
+
+#[test]
+fn traces_are_off_unless_asked_for_and_the_observability_profile_receives_otlp_over_http() {
+    let compose = compose();
+    for name in ["ingest", "fulfill"] {
+        let env = environment(service(&compose, name));
+        // Empty when unset, which the code takes as "no endpoint": no exporter at all.
+        assert_eq!(
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str),
+            Some("${OTEL_EXPORTER_OTLP_ENDPOINT:-}"),
+            "{name}"
+        );
+    }
+    let jaeger = service(&compose, "jaeger");
+    assert_eq!(
+        jaeger["profiles"],
+        serde_yaml::from_str::<Yaml>("[observability]").unwrap()
+    );
+    assert!(
+        str_of(&jaeger["image"]).starts_with("jaegertracing/jaeger:2."),
+        "{:?}",
+        jaeger["image"]
+    );
+    let targets: BTreeSet<u16> = port_mappings(jaeger).iter().map(|p| p.target).collect();
+    assert_eq!(
+        targets,
+        BTreeSet::from([4318, 16686]),
+        "OTLP/HTTP and the UI"
+    );
+    // Nothing waits for it: without the profile the stack must start as before.
+    for name in OUR_SERVICES {
+        if let Some(deps) = service(&compose, name)["depends_on"].as_mapping() {
+            assert!(!deps.contains_key("jaeger"), "{name} depends on jaeger");
+        }
+    }
 }
 
 #[test]

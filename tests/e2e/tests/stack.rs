@@ -290,8 +290,15 @@ async fn signed_purchases_through_the_real_binaries_credit_exactly() {
     };
     let out = cli(&["reconcile", "--since", "1h"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("reconcile:") && stdout.contains("healed=1") && stdout.contains("errors=0"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("reconcile:") && stdout.contains("healed=1") && stdout.contains("errors=0"),
+        "{stdout}"
+    );
     stack.settles("e2e-buyer", 30).await;
     let out = cli(&["reconcile", "--since", "800h"]);
     assert!(!out.status.success());

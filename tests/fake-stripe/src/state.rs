@@ -182,8 +182,9 @@ struct Inner {
     session_order: Vec<String>,
     /// Events in creation order, for `GET /v1/events`.
     events: Vec<Value>,
-    /// Requests counted in the current one-second window, for the rate limit.
-    window: Option<(Instant, u32)>,
+    /// Token bucket for the rate limit: (last refill, tokens). Like Stripe's limiter it
+    /// allows a burst of one second's worth, refilled continuously.
+    bucket: Option<(Instant, f64)>,
 }
 
 pub struct State {
@@ -591,18 +592,16 @@ impl State {
             return (Verdict::Unauthorized, delay);
         }
         if let Some(limit) = knobs.rate_limit_per_sec {
+            let limit = f64::from(limit.max(1));
             let now = Instant::now();
-            let (start, count) = match inner.window {
-                Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
-                    (start, count + 1)
-                }
-                _ => (now, 1),
-            };
-            inner.window = Some((start, count));
-            if count > limit {
+            let (last, tokens) = inner.bucket.unwrap_or((now, limit));
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * limit).min(limit);
+            if tokens < 1.0 {
+                inner.bucket = Some((now, tokens));
                 inner.stats.rate_limited += 1;
                 return (Verdict::RateLimited, delay);
             }
+            inner.bucket = Some((now, tokens - 1.0));
         }
         let roll: f64 = rand::random();
         if roll < knobs.rate_429 {

@@ -1,0 +1,253 @@
+//! ingest against the broker ceiling.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions},
+};
+use test_support::broker::TestBroker;
+
+use crate::{bin_dir, peak_rss_mib};
+
+const SECRET: &str = "whsec_bench_secret";
+/// Publishes outstanding at once for the ceiling (the issue's window: 128–1024).
+const WINDOW: usize = 512;
+
+/// The real delivered event, pretty-printed as Stripe sends it (~3.4 KB).
+fn body() -> Vec<u8> {
+    let raw = include_str!(
+        "../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json"
+    );
+    let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+async fn purge(conn: &Connection, queue: &str) -> anyhow::Result<u32> {
+    let ch = conn.create_channel().await?;
+    let n = ch
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await?;
+    let _ = ch.close(200, "purged".into()).await;
+    Ok(n)
+}
+
+/// Persistent confirmed publishes to the quorum queue, `WINDOW` outstanding: msgs/s.
+async fn ceiling(
+    broker: &TestBroker,
+    conn: &Connection,
+    body: &[u8],
+    total: usize,
+) -> anyhow::Result<f64> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let exchange = broker.topology.events_exchange();
+    let started = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..total {
+        if inflight.len() >= WINDOW {
+            let confirm: lapin::Confirmation = inflight.next().await.context("confirm")??;
+            if !confirm.is_ack() {
+                bail!("nack");
+            }
+        }
+        let pending = ch
+            .basic_publish(
+                exchange.as_str().into(),
+                "checkout.session.completed".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await?;
+        inflight.push(pending);
+    }
+    while let Some(c) = inflight.next().await {
+        if !c?.is_ack() {
+            bail!("nack");
+        }
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let _ = ch.close(200, "done".into()).await;
+    let held = purge(conn, &broker.topology.checkout_queue()).await?;
+    if held as usize != total {
+        bail!("ceiling run: {held} held, {total} published");
+    }
+    Ok(rate)
+}
+
+struct WrkResult {
+    ok: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(
+    url: &str,
+    body: &[u8],
+    concurrency: usize,
+    seconds: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<WrkResult> {
+    let signature = fake_stripe::sign_webhook(body, SECRET, fake_stripe::now());
+    let script = format!(
+        r#"wrk.method = "POST"
+wrk.body = [==[{}]==]
+wrk.headers["Content-Type"] = "application/json; charset=utf-8"
+wrk.headers["Stripe-Signature"] = "{signature}"
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout + summary.errors.status
+  io.write(string.format("BENCH %d %d %d %f %f\n", summary.requests, errors, summary.duration, latency:percentile(50), latency:percentile(99)))
+end
+"#,
+        String::from_utf8_lossy(body)
+    );
+    let path = dir.join("post.lua");
+    std::fs::write(&path, script)?;
+    let threads = concurrency.clamp(1, 2);
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &concurrency.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .context("wrk (install it: apt-get install wrk, or use tests/bench/run.sh)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("BENCH "))
+        .with_context(|| format!("wrk output: {text}"))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let (requests, errors, micros, p50, p99) = (f[0], f[1], f[2], f[3], f[4]);
+    let ok = (requests - errors).max(0.0);
+    Ok(WrkResult {
+        ok: ok as u64,
+        rps: ok / (micros / 1e6),
+        p50_ms: p50 / 1000.0,
+        p99_ms: p99 / 1000.0,
+    })
+}
+
+pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
+    let bins = bin_dir();
+    if !bins.join("ingest").exists() {
+        bail!("build first: cargo build --release --bin ingest (or use tests/bench/run.sh)");
+    }
+    let broker = TestBroker::new().await;
+    let conn = Connection::connect(&broker.url, ConnectionProperties::default()).await?;
+    let body = body();
+    println!(
+        "\n## ingest vs the broker ceiling (body {} bytes, quorum queue, persistent, confirms)",
+        body.len()
+    );
+    let logs = e2e::log_dir("bench-ingest");
+    let port = e2e::free_port();
+    let mut ingest = e2e::Proc::start(
+        "ingest",
+        &bins.join("ingest"),
+        &[],
+        &[
+            ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
+            ("INGEST_ADDR", format!("127.0.0.1:{port}")),
+            ("AMQP_URL", broker.url.clone()),
+            ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+            ("RUST_LOG", "warn".into()),
+        ],
+        &logs,
+    );
+    let client = test_support::http_client();
+    if !e2e::wait_ok(
+        &client,
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        bail!("ingest did not start:\n{}", ingest.output());
+    }
+    let url = format!("http://127.0.0.1:{port}/webhooks/stripe");
+    // Warm up.
+    wrk(&url, &body, 16, 1, &logs)?;
+    purge(&conn, &broker.topology.checkout_queue()).await?;
+
+    let mut ceilings = Vec::new();
+    let mut table: Vec<(usize, Vec<WrkResult>)> = vec![(1, vec![]), (16, vec![]), (64, vec![])];
+    for run in 0..runs {
+        let c = ceiling(&broker, &conn, &body, 20_000).await?;
+        println!("run {run}: ceiling {c:.0} msg/s");
+        ceilings.push(c);
+        for (concurrency, results) in &mut table {
+            let r = wrk(&url, &body, *concurrency, seconds, &logs)?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let held = u64::from(purge(&conn, &broker.topology.checkout_queue()).await?);
+            // Requests cut off by wrk's deadline may be published without wrk counting
+            // the answer; a 2xx without a held message would be a lost event.
+            if held < r.ok || held > r.ok + *concurrency as u64 {
+                bail!(
+                    "c={concurrency}: {} answered 2xx but the queue held {held}",
+                    r.ok
+                );
+            }
+            println!(
+                "run {run}: c={concurrency:>2} {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms (2xx {}, held {held})",
+                r.rps, r.p50_ms, r.p99_ms, r.ok
+            );
+            results.push(r);
+        }
+    }
+    let rss = peak_rss_mib(ingest.pid());
+    let ceiling = median(ceilings.clone());
+    println!("\n| concurrency | req/s (median of {runs}) | p50 ms | p99 ms | ingest ÷ ceiling |");
+    println!("|---|---|---|---|---|");
+    for (concurrency, results) in &table {
+        let rps = median(results.iter().map(|r| r.rps).collect());
+        let p50 = median(results.iter().map(|r| r.p50_ms).collect());
+        let p99 = median(results.iter().map(|r| r.p99_ms).collect());
+        println!(
+            "| {concurrency} | {rps:.0} | {p50:.2} | {p99:.2} | {:.0} % |",
+            100.0 * rps / ceiling
+        );
+    }
+    println!(
+        "\nbroker ceiling: median {ceiling:.0} msg/s (runs: {}); ingest peak RSS {rss:.1} MiB",
+        ceilings
+            .iter()
+            .map(|c| format!("{c:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = ingest.terminate(Duration::from_secs(10));
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}

@@ -1,0 +1,92 @@
+//! `bench`: the two numbers that decide whether this system beats a hand-written handler.
+//!
+//! - `bench ingest`: the raw ceiling of the local RabbitMQ for this workload (persistent
+//!   ~3.4 KB events, published with confirms to the quorum queue by a minimal lapin
+//!   publisher, many confirms outstanding), alternating with the real ingest binary loaded
+//!   over HTTP by wrk at concurrency 1, 16 and 64 with validly signed requests. Checks that
+//!   the queue holds every 2xx answer; prints req/s, p50/p99, ingest's peak RSS and the
+//!   ratio ingest ÷ ceiling.
+//! - `bench fulfill`: two fulfill processes against the fake Stripe at 150 ms latency with a
+//!   budget of 25/s and of 100/s (enforced by the fake, as Stripe does), 2,000 sessions with
+//!   30 % duplicate deliveries: sessions credited per second, Stripe calls per credited
+//!   session, 429s, end-to-end latency below saturation, peak RSS per process.
+//!
+//! Run through `tests/bench/run.sh` (release build, installs wrk).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+mod fulfill_load;
+mod ingest_load;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(value_enum, default_value = "all")]
+    what: What,
+    /// Runs per configuration.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Sessions for the fulfill benchmark.
+    #[arg(long, default_value_t = 2000)]
+    sessions: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum What {
+    All,
+    Ingest,
+    Fulfill,
+}
+
+/// Where the release binaries are: next to this one.
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+/// Peak resident set size of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    println!("machine: {}", machine());
+    if matches!(cli.what, What::All | What::Ingest) {
+        ingest_load::run(cli.runs, cli.seconds).await?;
+    }
+    if matches!(cli.what, What::All | What::Fulfill) {
+        fulfill_load::run(cli.sessions).await?;
+    }
+    Ok(())
+}

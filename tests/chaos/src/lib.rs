@@ -1,0 +1,245 @@
+//! Private infrastructure for the chaos suite: a RabbitMQ node and a PostgreSQL cluster of
+//! its own, on their own ports and folders, started from the installed packages, so that
+//! stopping and restarting them never disturbs other tests or the machine's own services.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+        .is_ok()
+}
+
+fn wait_port(port: u16, open: bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if port_open(port) == open {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn chown(path: &Path, owner: &str) {
+    let status = Command::new("chown")
+        .args(["-R", owner])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown {owner} {}", path.display());
+}
+
+/// A RabbitMQ node of its own (`chaos-<n>@localhost`), run as the `rabbitmq` user.
+pub struct PrivateRabbit {
+    pub node: String,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateRabbit {
+    pub fn start(dir: &Path) -> Self {
+        let port = e2e::free_port();
+        let dist_port = e2e::free_port();
+        let dir = dir.join("rabbitmq");
+        std::fs::create_dir_all(&dir).expect("rabbit dir");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .expect("rabbit config");
+        chown(&dir, "rabbitmq:rabbitmq");
+        let rabbit = Self {
+            node: format!("chaos{port}@localhost"),
+            port,
+            dir,
+        };
+        rabbit.env_dist_port(dist_port);
+        rabbit.boot();
+        rabbit
+    }
+
+    fn env_dist_port(&self, dist_port: u16) {
+        std::fs::write(self.dir.join("dist_port"), dist_port.to_string()).expect("dist port");
+    }
+
+    fn boot(&self) {
+        let dist_port = std::fs::read_to_string(self.dir.join("dist_port")).unwrap_or_default();
+        let d = &self.dir;
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .current_dir(d)
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.trim())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("rabbitmq-server");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        assert!(
+            wait_port(self.port, true, Duration::from_secs(60)),
+            "private RabbitMQ did not start"
+        );
+        // The port opens a moment before logins work.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            wait_port(self.port, false, Duration::from_secs(30)),
+            "private RabbitMQ did not stop"
+        );
+    }
+
+    pub fn restart(&self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.boot();
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        if port_open(self.port) {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-n", &self.node, "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of its own (initdb into a temporary folder), run as `postgres`.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start(dir: &Path) -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed under /usr/lib/postgresql")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = dir.join("postgres");
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        chown(&dir, "postgres:postgres");
+        let pg = Self {
+            port: e2e::free_port(),
+            dir,
+            bin,
+        };
+        pg.as_postgres(&[
+            "initdb",
+            "-D",
+            &pg.data(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ]);
+        pg.boot();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let program = self.bin.join(args[0]);
+        let status = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(program)
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("runuser");
+        assert!(status.success(), "{args:?} failed");
+    }
+
+    fn boot(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        self.as_postgres(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            &log,
+            "-w",
+            "start",
+        ]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops abruptly (`immediate`: like a crash, in-flight transactions are lost).
+    pub fn stop(&self) {
+        self.as_postgres(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    pub fn restart(&self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.boot();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if port_open(self.port) {
+            let program = self.bin.join("pg_ctl");
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(program)
+                .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
