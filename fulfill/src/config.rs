@@ -27,7 +27,6 @@ pub const FULFILL_PREFETCH: &str = "FULFILL_PREFETCH";
 pub const FULFILL_MAX_ATTEMPTS: &str = "FULFILL_MAX_ATTEMPTS";
 pub const FULFILL_RETRY_BASE_MS: &str = "FULFILL_RETRY_BASE_MS";
 pub const FULFILL_RETRY_MAX_MS: &str = "FULFILL_RETRY_MAX_MS";
-pub const FULFILL_INSTANCES: &str = "FULFILL_INSTANCES";
 pub const FULFILL_REFUND_POLICY: &str = "FULFILL_REFUND_POLICY";
 pub const FULFILL_RECONCILE_INTERVAL_SECS: &str = "FULFILL_RECONCILE_INTERVAL_SECS";
 
@@ -93,14 +92,6 @@ impl Config {
                 "must be a positive number",
             ));
         }
-        // The budget is for all fulfill processes together; each takes its share.
-        let instances: u32 = parsed_or(env, FULFILL_INSTANCES, 1)?;
-        if instances == 0 {
-            return Err(ConfigError::invalid(
-                FULFILL_INSTANCES,
-                "must be at least 1",
-            ));
-        }
         let concurrency: usize = parsed_or(env, FULFILL_CONCURRENCY, 16)?;
         if concurrency == 0 {
             return Err(ConfigError::invalid(
@@ -125,7 +116,8 @@ impl Config {
             stripe: StripeConfig {
                 secret_key,
                 api_base,
-                rate_limit: total_rate / f64::from(instances),
+                // For all fulfill processes together: shared through PostgreSQL.
+                rate_limit: total_rate,
                 timeout: millis_or(env, STRIPE_TIMEOUT_MS, 10_000)?,
                 max_retries: parsed_or(env, STRIPE_MAX_RETRIES, 3)?,
                 backoff_base: millis_or(env, STRIPE_BACKOFF_BASE_MS, 500)?,
@@ -173,16 +165,6 @@ mod tests {
         assert_eq!(cfg.stripe.rate_limit, 25.0);
         assert_eq!(cfg.addr, "0.0.0.0:8081".parse().unwrap());
         assert!(cfg.api_token.is_none());
-    }
-
-    #[test]
-    fn splits_the_rate_budget_between_instances() {
-        let cfg = Config::from_env(&env(&[
-            (STRIPE_RATE_LIMIT, "100"),
-            (FULFILL_INSTANCES, "4"),
-        ]))
-        .unwrap();
-        assert_eq!(cfg.stripe.rate_limit, 25.0);
     }
 
     #[test]

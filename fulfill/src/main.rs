@@ -6,8 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulfill::{
-    config::Config, db, dlq::DeadLetters, fulfillment::Fulfiller, metrics::Metrics, reconcile,
-    startup::Application, stripe::StripeClient,
+    config::Config,
+    db,
+    dlq::DeadLetters,
+    fulfillment::Fulfiller,
+    metrics::Metrics,
+    reconcile,
+    startup::Application,
+    stripe::{RateLimiter, StripeClient},
 };
 use secrecy::SecretString;
 use shared::{config::ProcessEnv, shutdown, telemetry};
@@ -89,7 +95,8 @@ async fn reconcile_once(since: Option<String>) -> anyhow::Result<()> {
         .context("migrations failed")?;
     let metrics = Arc::new(Metrics::new());
     let pool = db::pool(&config.database_url, config.database_pool_size);
-    let stripe = StripeClient::new(config.stripe.clone(), Arc::clone(&metrics))?;
+    let limiter = RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
+    let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
     let fulfiller = Fulfiller::new(pool, stripe, metrics, config.refund_policy);
     let report = reconcile::run(&fulfiller, since).await?;
     println!("{report}");

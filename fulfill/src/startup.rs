@@ -24,7 +24,7 @@ use crate::{
     fulfillment::Fulfiller,
     http,
     metrics::Metrics,
-    stripe::StripeClient,
+    stripe::{RateLimiter, StripeClient},
 };
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -69,7 +69,8 @@ impl Application {
         let port = listener.local_addr()?.port();
         let metrics = Arc::new(Metrics::new());
         let pool = db::pool(&config.database_url, config.database_pool_size);
-        let stripe = StripeClient::new(config.stripe.clone(), Arc::clone(&metrics))?;
+        let limiter = RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
+        let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
         let fulfiller = Arc::new(Fulfiller::new(
             pool.clone(),
             stripe,

@@ -26,6 +26,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         reversed_credits -> Int8,
         attention -> Nullable<Text>,
+        fetch_lease_until -> Nullable<Timestamptz>,
     }
 }
 
@@ -52,6 +53,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    stripe_rate_budget (name) {
+        name -> Text,
+        next_slot -> Timestamptz,
+    }
+}
+
+diesel::table! {
     stripe_events (event_id) {
         event_id -> Text,
         event_type -> Text,
@@ -67,4 +75,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_entries,
     reconcile_cursors,
     stripe_events,
+    stripe_rate_budget,
 );

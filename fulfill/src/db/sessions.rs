@@ -137,6 +137,54 @@ pub async fn update(
         .await
 }
 
+/// Takes the fetch lease of a session (creating its row if needed) unless another
+/// fulfillment holds an unexpired one. Returns whether this caller now holds it.
+pub async fn claim_fetch(
+    conn: &mut AsyncPgConnection,
+    session_id: &str,
+    lease: std::time::Duration,
+) -> QueryResult<bool> {
+    diesel::insert_into(checkout_sessions::table)
+        .values((
+            checkout_sessions::session_id.eq(session_id),
+            checkout_sessions::state.eq(SessionState::Pending.as_str()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE checkout_sessions SET fetch_lease_until = clock_timestamp() + make_interval(secs => $2) \
+         WHERE session_id = $1 AND (fetch_lease_until IS NULL OR fetch_lease_until < clock_timestamp())",
+    )
+    .bind::<diesel::sql_types::Text, _>(session_id)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|n| n == 1)
+}
+
+/// Gives the fetch lease back (in the caller's transaction, or on its own after a failure).
+pub async fn release_fetch(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<()> {
+    diesel::update(checkout_sessions::table.find(session_id))
+        .set(checkout_sessions::fetch_lease_until.eq(None::<DateTime<Utc>>))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Removes the placeholder row of a session Stripe does not know (never fetched).
+pub async fn forget_unknown(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<()> {
+    diesel::delete(
+        checkout_sessions::table
+            .find(session_id)
+            .filter(checkout_sessions::stripe_status.is_null())
+            .filter(checkout_sessions::state.eq(SessionState::Pending.as_str())),
+    )
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
 /// The session paid with `payment_intent_id`, if fulfill has seen it.
 pub async fn find_by_payment_intent(
     conn: &mut AsyncPgConnection,

@@ -29,10 +29,16 @@ use crate::{
     error::FulfillError,
     metrics::Metrics,
     stripe::{
-        StripeClient,
+        StripeClient, StripeError,
         checkout_session::{self, CheckoutSession, Expandable, PaymentStatus, SessionStatus},
     },
 };
+
+/// How long one fulfillment may hold a session's fetch lease; a crashed holder delays
+/// others by at most this much.
+const FETCH_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often a waiting fulfillment looks at the session again.
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub const ASYNC_PAYMENT_FAILED: &str = "checkout.session.async_payment_failed";
 pub const ASYNC_PAYMENT_SUCCEEDED: &str = "checkout.session.async_payment_succeeded";
@@ -223,7 +229,19 @@ impl Fulfiller {
         trigger: Trigger<'_>,
     ) -> Result<FulfillmentState, FulfillError> {
         let span = tracing::Span::current();
-        let session = checkout_session::fetch(&self.stripe, session_id).await?;
+        // Single flight: while another delivery (in any process) fetches this session,
+        // wait for its result instead of spending budget on the same answer.
+        if let Some(settled) = self.wait_for_fetch_lease(session_id, trigger).await? {
+            return Ok(settled);
+        }
+        let session = match checkout_session::fetch(&self.stripe, session_id).await {
+            Ok(session) => session,
+            Err(e) => {
+                self.give_back_lease(session_id, matches!(e, StripeError::NotFound { .. }))
+                    .await;
+                return Err(e.into());
+            }
+        };
         let decision = credits::decide(&session);
         if let Decision::Credit { user, .. } = &decision {
             span.record("user_id", user.as_str());
@@ -231,13 +249,20 @@ impl Fulfiller {
         let mut conn = self.pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
         let transaction = db::transaction_span();
-        let state = conn
+        let state = match conn
             .transaction(async |conn: &mut AsyncPgConnection| {
                 persist(conn, session_id, &session, &decision, trigger).await
             })
             .instrument(transaction.clone())
             .await
-            .inspect_err(|e| e.record_on(&transaction))?;
+        {
+            Ok(state) => state,
+            Err(e) => {
+                e.record_on(&transaction);
+                self.give_back_lease(session_id, false).await;
+                return Err(e);
+            }
+        };
         if let Some(user) = &state.user_id {
             span.record("user_id", user.as_str());
         }
@@ -252,6 +277,57 @@ impl Fulfiller {
             tracing::warn!(reason = ?state.reason, "session needs attention");
         }
         Ok(state)
+    }
+
+    /// Takes the session's fetch lease, or waits while another fulfillment holds it.
+    /// `Some(state)` when that other fulfillment settled what this one came for (the
+    /// session is final for this event, or this very event was processed): no fetch needed.
+    async fn wait_for_fetch_lease(
+        &self,
+        session_id: &CheckoutSessionId,
+        trigger: Trigger<'_>,
+    ) -> Result<Option<FulfillmentState>, FulfillError> {
+        let deadline = tokio::time::Instant::now() + FETCH_LEASE * 2;
+        loop {
+            let mut conn = self.pool.get().await?;
+            let claimed =
+                sessions::claim_fetch(&mut conn, session_id.as_str(), FETCH_LEASE).await?;
+            // Checked after claiming: the previous holder may have committed just before.
+            if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await? {
+                let settled = match trigger {
+                    Trigger::Event { id, event_type } => {
+                        is_final_for(row.state(), event_type)
+                            || db::events::seen(&mut conn, id.as_str()).await?
+                    }
+                    Trigger::Direct => row.state() == SessionState::Credited,
+                };
+                if settled {
+                    if claimed {
+                        sessions::release_fetch(&mut conn, session_id.as_str()).await?;
+                    }
+                    return Ok(Some(FulfillmentState::from_row(&row, false)));
+                }
+            }
+            if claimed {
+                return Ok(None);
+            }
+            drop(conn);
+            if tokio::time::Instant::now() >= deadline {
+                // The holder is stuck; fetching twice is safe, only wasteful.
+                return Ok(None);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// Best effort: a failed fulfillment frees the lease at once instead of at expiry.
+    async fn give_back_lease(&self, session_id: &CheckoutSessionId, unknown_to_stripe: bool) {
+        if let Ok(mut conn) = self.pool.get().await {
+            let _ = sessions::release_fetch(&mut conn, session_id.as_str()).await;
+            if unknown_to_stripe {
+                let _ = sessions::forget_unknown(&mut conn, session_id.as_str()).await;
+            }
+        }
     }
 
     /// The state fulfill has recorded for a session, if any (no Stripe call).
@@ -383,6 +459,7 @@ async fn persist(
         }
     };
 
+    sessions::release_fetch(conn, session_id.as_str()).await?;
     let state = FulfillmentState::from_row(&row, credited_now);
     if let Trigger::Event { id, event_type } = trigger {
         let outcome = EventOutcome::Fulfilled(state.clone()).label();

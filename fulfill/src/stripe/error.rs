@@ -23,6 +23,9 @@ pub enum StripeError {
     /// A 2xx body that does not have the shape we rely on.
     #[error("Stripe's answer could not be read")]
     Decode(#[source] serde_json::Error),
+    /// The shared rate budget (in PostgreSQL) could not be read.
+    #[error("the Stripe rate budget is unavailable: {0}")]
+    Budget(String),
     /// A list that claims more pages but returns none, or never ends.
     #[error("Stripe list paging is inconsistent: {0}")]
     Paging(String),
@@ -33,7 +36,7 @@ impl StripeError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Api { retryable, .. } => *retryable,
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::Budget(_) => true,
             Self::NotFound { .. } | Self::Decode(_) | Self::Paging(_) => false,
         }
     }
@@ -55,6 +58,7 @@ impl StripeError {
             Self::Transport(_) => "transport".to_owned(),
             Self::Decode(_) => "decode".to_owned(),
             Self::Paging(_) => "paging".to_owned(),
+            Self::Budget(_) => "budget".to_owned(),
         }
     }
 }

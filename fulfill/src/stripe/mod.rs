@@ -18,7 +18,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{Instrument, field::Empty};
 
 pub use self::error::StripeError;
-use self::rate_limit::RateLimiter;
+pub use self::rate_limit::RateLimiter;
 use crate::metrics::{Metrics, StripeLabels};
 
 /// The API version our models are built against (that of the real delivered event).
@@ -59,7 +59,13 @@ struct ErrorBody {
 }
 
 impl StripeClient {
-    pub fn new(config: StripeConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+    /// `limiter` spends `config.rate_limit`: [`RateLimiter::shared`] in the services (one
+    /// budget for every process), [`RateLimiter::local`] where a process is alone.
+    pub fn new(
+        config: StripeConfig,
+        limiter: RateLimiter,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
         // reqwest is built without a default TLS provider; use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -72,7 +78,7 @@ impl StripeClient {
                 env!("CARGO_PKG_VERSION")
             ))
             .build()?;
-        let limiter = Arc::new(RateLimiter::new(config.rate_limit));
+        let limiter = Arc::new(limiter);
         Ok(Self {
             http,
             config: Arc::new(config),
@@ -93,6 +99,17 @@ impl StripeClient {
             let result = self.get_once(endpoint, path, query, attempt).await;
             match result {
                 Err(e) if e.is_transient() && attempt < self.config.max_retries => {
+                    if let StripeError::Api {
+                        status: 429,
+                        retry_after,
+                        ..
+                    } = &e
+                    {
+                        // Someone else on the account spends budget too: everybody waits.
+                        self.limiter
+                            .pause_all(retry_after.unwrap_or(Duration::from_secs(1)))
+                            .await;
+                    }
                     let delay = e
                         .retry_after()
                         .map(|d| d.min(self.config.backoff_max))
@@ -122,7 +139,7 @@ impl StripeClient {
         query: &[(&str, &str)],
         attempt: u32,
     ) -> Result<T, StripeError> {
-        self.limiter.acquire().await;
+        self.limiter.acquire().await?;
         let url = format!("{}{path}", self.config.api_base.trim_end_matches('/'));
         let span = client_span(&url, endpoint, attempt);
         let result = self

@@ -84,6 +84,8 @@ async fn the_same_event_delivered_many_times_at_once_credits_once() {
     join_all((0..30).map(|_| world.publish(COMPLETED, &id, &body))).await;
     app.assert_balance_settles(&world.client, "hammered", 10)
         .await;
+    // Single flight: the concurrent copies waited for the first fetch instead of repeating it.
+    assert_eq!(world.stripe.stats().session_fetches, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

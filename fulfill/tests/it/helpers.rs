@@ -42,6 +42,8 @@ pub struct Options {
     /// Reach the broker through a proxy the test can cut (a crash, seen from the broker).
     pub via_proxy: bool,
     pub refund_policy: fulfill::fulfillment::reversal::RefundPolicy,
+    /// `STRIPE_RATE_LIMIT`: for every instance of this world together.
+    pub rate_limit: f64,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             stripe_timeout: Duration::from_secs(3),
             via_proxy: false,
             refund_policy: fulfill::fulfillment::reversal::RefundPolicy::Proportional,
+            rate_limit: 2000.0,
         }
     }
 }
@@ -82,7 +85,7 @@ impl World {
             stripe: StripeConfig {
                 secret_key: SecretString::from(fake_stripe::DEFAULT_API_KEY.to_owned()),
                 api_base: self.stripe.base_url(),
-                rate_limit: 2000.0,
+                rate_limit: options.rate_limit,
                 timeout: options.stripe_timeout,
                 max_retries: 2,
                 backoff_base: Duration::from_millis(20),
@@ -148,8 +151,10 @@ impl World {
         let config = self.config(options);
         let metrics = Arc::new(fulfill::metrics::Metrics::new());
         let pool = fulfill::db::pool(&config.database_url, 4);
+        let limiter = fulfill::stripe::RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
         let stripe =
-            fulfill::stripe::StripeClient::new(config.stripe, Arc::clone(&metrics)).unwrap();
+            fulfill::stripe::StripeClient::new(config.stripe, limiter, Arc::clone(&metrics))
+                .unwrap();
         fulfill::fulfillment::Fulfiller::new(pool, stripe, metrics, options.refund_policy)
     }
 

@@ -172,3 +172,41 @@ async fn poison_messages_are_dead_lettered_and_never_block_the_queue() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_together_stay_within_the_stripe_budget() {
+    let world = World::new().await;
+    // The fake answers 429 past 10 calls/s, as Stripe does past the account's limit.
+    world.set_knobs(Knobs {
+        rate_limit_per_sec: Some(10),
+        ..Default::default()
+    });
+    let options = Options {
+        rate_limit: 10.0,
+        concurrency: 16,
+        ..Options::default()
+    };
+    let a = world.start(&options).await;
+    let _b = world.start(&options).await;
+    let _c = world.start(&options).await;
+    let price = world.price(PriceSpec::credits(1));
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        let s = world.session(SessionSpec::paid("budgeted", &price, 1));
+        world.deliver(&s, COMPLETED).await;
+    }
+    a.assert_balance_settles(&world.client, "budgeted", 40)
+        .await;
+    let stats = world.stripe.stats();
+    assert_eq!(
+        stats.rate_limited, 0,
+        "the three processes together exceeded the budget: {stats:?}"
+    );
+    assert_eq!(stats.session_fetches, 40);
+    // 40 calls at 10/s, after the fake's one-second burst, take about 3 s at the least.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -144,7 +144,6 @@ async fn one_budget(budget: u32, sessions: usize) -> anyhow::Result<Outcome> {
                 ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
                 ("STRIPE_API_BASE", stripe.base_url()),
                 ("STRIPE_RATE_LIMIT", budget.to_string()),
-                ("FULFILL_INSTANCES", "2".into()),
                 ("FULFILL_CONCURRENCY", "32".into()),
                 ("FULFILL_PREFETCH", "64".into()),
                 ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
