@@ -106,6 +106,8 @@ impl Application {
         })
         .listen(listener)?
         .disable_signals()
+        // Answers go out at once: no Nagle/delayed-ACK stall on keep-alive connections.
+        .tcp_nodelay(true)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .workers(2)
         .run();

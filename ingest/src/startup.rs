@@ -64,6 +64,8 @@ impl Application {
         .listen(listener)?
         // Shutdown is driven by our token, not by actix's own signal handlers.
         .disable_signals()
+        // Answers go out at once: no Nagle/delayed-ACK stall on keep-alive connections.
+        .tcp_nodelay(true)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
         if config.workers > 0 {
             server = server.workers(config.workers);

@@ -86,6 +86,65 @@ async fn ceiling(
     Ok(rate)
 }
 
+/// The broker alone at the same shape as ingest under load: `concurrency` publishers, each
+/// publishing one message and waiting for its confirm before the next. Returns (msg/s, p50
+/// ms, p99 ms): the latency floor any confirm-before-2xx endpoint inherits.
+async fn broker_at_concurrency(
+    broker: &TestBroker,
+    conn: &Connection,
+    body: &[u8],
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let exchange = broker.topology.events_exchange();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let ch = ch.clone();
+        let exchange = exchange.clone();
+        async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let confirm = ch
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "checkout.session.completed".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await?;
+                if !confirm.is_ack() {
+                    bail!("nack");
+                }
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    });
+    let mut all = Vec::new();
+    for r in futures_util::future::join_all(workers).await {
+        all.extend(r?);
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = ch.close(200, "done".into()).await;
+    purge(conn, &broker.topology.checkout_queue()).await?;
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pick = |p: f64| {
+        all.get(((all.len().saturating_sub(1)) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok((rate, pick(0.5), pick(0.99)))
+}
+
 struct WrkResult {
     ok: u64,
     rps: f64,
@@ -194,11 +253,17 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
     purge(&conn, &broker.topology.checkout_queue()).await?;
 
     let mut ceilings = Vec::new();
+    let mut raw64 = Vec::new();
     let mut table: Vec<(usize, Vec<WrkResult>)> = vec![(1, vec![]), (16, vec![]), (64, vec![])];
     for run in 0..runs {
         let c = ceiling(&broker, &conn, &body, 20_000).await?;
         println!("run {run}: ceiling {c:.0} msg/s");
         ceilings.push(c);
+        let (rate, p50, p99) = broker_at_concurrency(&broker, &conn, &body, 64, seconds).await?;
+        println!(
+            "run {run}: broker alone, 64 publishers awaiting each confirm: {rate:.0} msg/s p50 {p50:.2} ms p99 {p99:.2} ms"
+        );
+        raw64.push((rate, p50, p99));
         for (concurrency, results) in &mut table {
             let r = wrk(&url, &body, *concurrency, seconds, &logs)?;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -238,6 +303,12 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
             .map(|c| format!("{c:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "broker alone at concurrency 64 (no HTTP, no ingest): median {:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms",
+        median(raw64.iter().map(|r| r.0).collect()),
+        median(raw64.iter().map(|r| r.1).collect()),
+        median(raw64.iter().map(|r| r.2).collect()),
     );
     let _ = ingest.terminate(Duration::from_secs(10));
     let _ = conn.close(200, "done".into()).await;
