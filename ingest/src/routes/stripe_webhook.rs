@@ -102,19 +102,8 @@ async fn read_body(
 fn log_rejection(error: &WebhookError) {
     match error {
         WebhookError::Publish(cause) => {
-            tracing::warn!(error = %error, cause = ?error_chain(cause), "event not accepted; answered 503");
+            tracing::warn!(error = %error, cause = ?shared::telemetry::error_chain(cause), "event not accepted; answered 503");
         }
         other => tracing::info!(error = %other, "webhook rejected"),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -343,6 +343,19 @@ pub fn init_for_tests() {
     });
 }
 
+/// An error with its whole cause chain, `outer: cause: root`, for log lines and
+/// dead-letter headers (never for HTTP bodies).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
