@@ -106,6 +106,7 @@ impl World {
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Text,
                 otlp: None,
+                metrics: None,
             },
         }
     }

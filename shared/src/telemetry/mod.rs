@@ -11,11 +11,13 @@
 //! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, …) are read by
 //! the SDK itself. Without an endpoint the layer is not installed at all, so spans cost
 //! what they cost before. W3C trace context crosses the broker in AMQP headers
-//! ([`propagation`]).
+//! ([`propagation`]). Under the same rules (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
+//! `OTEL_METRICS_EXPORTER`), the Prometheus registries are pushed too ([`otlp_metrics`]).
 //! <https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/>
 
 pub mod http;
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod propagation;
 
 use std::time::Duration;
@@ -84,6 +86,8 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `None`: no endpoint (or the SDK disabled), traces are not exported.
     pub otlp: Option<OtlpConfig>,
+    /// `None`: metrics are only scraped from `/metrics`, not pushed ([`otlp_metrics`]).
+    pub metrics: Option<otlp_metrics::OtlpMetricsConfig>,
 }
 
 impl TelemetryConfig {
@@ -101,6 +105,7 @@ impl TelemetryConfig {
         Ok(Self {
             log_format,
             otlp: OtlpConfig::from_env(env)?,
+            metrics: otlp_metrics::OtlpMetricsConfig::from_env(env)?,
         })
     }
 }
