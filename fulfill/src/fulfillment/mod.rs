@@ -168,12 +168,14 @@ impl Fulfiller {
         if !is_reversal && !CHECKOUT_EVENT_TYPES.contains(&envelope.event_type.as_str()) {
             return Err(FulfillError::UnsupportedEvent(envelope.event_type));
         }
-        if is_reversal {
+        // A redelivered event costs one indexed read and no Stripe call, whatever its type.
+        {
             let mut conn = self.pool.get().await?;
             if db::events::seen(&mut conn, envelope.id.as_str()).await? {
                 return Ok(EventOutcome::Duplicate);
             }
-            drop(conn);
+        }
+        if is_reversal {
             return self.handle_reversal(&envelope).await;
         }
         let session_id = envelope
@@ -185,13 +187,9 @@ impl Fulfiller {
             })?;
         span.record("session_id", session_id.as_str());
 
-        // Cheap checks first: a redelivered event or a session already settled costs
-        // one indexed read and no Stripe call.
+        // So does an event for a session already settled.
         {
             let mut conn = self.pool.get().await?;
-            if db::events::seen(&mut conn, envelope.id.as_str()).await? {
-                return Ok(EventOutcome::Duplicate);
-            }
             if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await?
                 && is_final_for(row.state(), &envelope.event_type)
             {

@@ -166,3 +166,30 @@ pub async fn wait_ok(client: &reqwest::Client, url: &str, timeout: Duration) -> 
     .await
     .is_some()
 }
+
+/// Starts the `fake-stripe` binary (demo catalogue seeded) on a free port and waits for
+/// it; returns the process and its base URL.
+pub async fn start_fake_stripe(client: &reqwest::Client, log_dir: &Path) -> (Proc, String) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let process = Proc::start(
+        "fake-stripe",
+        &binaries().join("fake-stripe"),
+        &[],
+        &[
+            ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{port}")),
+            ("FAKE_STRIPE_SEED", "1".into()),
+        ],
+        log_dir,
+    );
+    assert!(
+        wait_ok(
+            client,
+            &format!("{url}/_fake/knobs"),
+            Duration::from_secs(20)
+        )
+        .await,
+        "fake-stripe did not start"
+    );
+    (process, url)
+}

@@ -30,26 +30,9 @@ async fn start_stack(
     let bins = binaries();
     let logs = log_dir(test);
     let client = test_support::http_client();
-    let (ingest_port, stripe_port) = (free_port(), free_port());
-    let stripe = format!("http://127.0.0.1:{stripe_port}");
-    let mut procs = vec![Proc::start(
-        "fake-stripe",
-        &bins.join("fake-stripe"),
-        &[],
-        &[
-            ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{stripe_port}")),
-            ("FAKE_STRIPE_SEED", "1".into()),
-        ],
-        &logs,
-    )];
-    assert!(
-        wait_ok(
-            &client,
-            &format!("{stripe}/_fake/knobs"),
-            Duration::from_secs(20)
-        )
-        .await
-    );
+    let ingest_port = free_port();
+    let (fake, stripe) = e2e::start_fake_stripe(&client, &logs).await;
+    let mut procs = vec![fake];
     let amqp = ("AMQP_URL", broker.url.clone());
     let prefix = ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone());
     let mut fulfill = String::new();

@@ -301,26 +301,7 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
         env
     };
 
-    let stripe_port = free_port();
-    let stripe = format!("http://127.0.0.1:{stripe_port}");
-    let _fake = Proc::start(
-        "fake-stripe",
-        &bins.join("fake-stripe"),
-        &[],
-        &[
-            ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{stripe_port}")),
-            ("FAKE_STRIPE_SEED", "1".into()),
-        ],
-        &logs,
-    );
-    assert!(
-        wait_ok(
-            &client,
-            &format!("{stripe}/_fake/knobs"),
-            Duration::from_secs(20)
-        )
-        .await
-    );
+    let (_fake, stripe) = e2e::start_fake_stripe(&client, &logs).await;
 
     let fulfill_port = free_port();
     let fulfill_url = format!("http://127.0.0.1:{fulfill_port}");

@@ -290,22 +290,32 @@ async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpRespons
     HttpResponse::Ok().json(list_json(data, has_more, "/v1/checkout/sessions"))
 }
 
+/// A plain retrieve: the object `lookup` finds by id, or Stripe's 404 for `kind`.
+async fn retrieve(
+    req: &HttpRequest,
+    state: &State,
+    id: &str,
+    kind: &str,
+    lookup: impl Fn(&State, &str) -> Option<Value>,
+) -> HttpResponse {
+    if let Err(r) = gate(state, req).await {
+        return r;
+    }
+    match lookup(state, id) {
+        Some(object) => {
+            state.count(|s| s.other_fetches += 1);
+            HttpResponse::Ok().json(object)
+        }
+        None => not_found(state, kind, id, kind),
+    }
+}
+
 async fn retrieve_charge(
     req: HttpRequest,
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(r) = gate(&state, &req).await {
-        return r;
-    }
-    let id = path.into_inner();
-    match state.charge_json(&id) {
-        Some(charge) => {
-            state.count(|s| s.other_fetches += 1);
-            HttpResponse::Ok().json(charge)
-        }
-        None => not_found(&state, "charge", &id, "charge"),
-    }
+    retrieve(&req, &state, &path, "charge", State::charge_json).await
 }
 
 async fn retrieve_dispute(
@@ -313,17 +323,7 @@ async fn retrieve_dispute(
     state: web::Data<State>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(r) = gate(&state, &req).await {
-        return r;
-    }
-    let id = path.into_inner();
-    match state.dispute_json(&id) {
-        Some(dispute) => {
-            state.count(|s| s.other_fetches += 1);
-            HttpResponse::Ok().json(dispute)
-        }
-        None => not_found(&state, "dispute", &id, "dispute"),
-    }
+    retrieve(&req, &state, &path, "dispute", State::dispute_json).await
 }
 
 /// `GET /v1/refunds?charge=…`, newest first.
