@@ -81,7 +81,7 @@ mod tests {
     use super::*;
 
     const REAL: &str =
-        include_str!("../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
+        include_str!("../../tests/fixtures/stripe/event_checkout_session_completed_basil.json");
 
     #[test]
     fn parses_the_real_delivered_event() {

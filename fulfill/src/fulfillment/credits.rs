@@ -136,9 +136,9 @@ mod tests {
 
     use super::*;
 
-    const SESSION: &str = include_str!("../../../../shared/stripe-fixtures/checkout_session.json");
-    const ITEM: &str = include_str!("../../../../shared/stripe-fixtures/item.json");
-    const PRODUCT: &str = include_str!("../../../../shared/stripe-fixtures/product.json");
+    const SESSION: &str = include_str!("../../../tests/fixtures/stripe/checkout_session.json");
+    const ITEM: &str = include_str!("../../../tests/fixtures/stripe/item.json");
+    const PRODUCT: &str = include_str!("../../../tests/fixtures/stripe/product.json");
 
     /// A line item from the fixture with its price's and (expanded) product's credits.
     fn item(
@@ -350,7 +350,7 @@ mod tests {
     fn the_real_event_session_without_line_items_is_never_credited_blindly() {
         // data.object of a webhook carries no line items: crediting from it is impossible.
         let event: Value = serde_json::from_str(include_str!(
-            "../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json"
+            "../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json"
         ))
         .unwrap();
         let d = decide_json(event["data"]["object"].clone());

@@ -107,17 +107,17 @@ mod tests {
     #[test]
     fn reads_the_fixture_charge_refund_and_dispute() {
         let c: Charge = serde_json::from_str(include_str!(
-            "../../../../shared/stripe-fixtures/charge.json"
+            "../../../tests/fixtures/stripe/charge.json"
         ))
         .unwrap();
         assert_eq!(c.amount, 100);
         let r: Refund = serde_json::from_str(include_str!(
-            "../../../../shared/stripe-fixtures/refund.json"
+            "../../../tests/fixtures/stripe/refund.json"
         ))
         .unwrap();
         assert!(r.counts());
         let d: Dispute = serde_json::from_str(include_str!(
-            "../../../../shared/stripe-fixtures/dispute.json"
+            "../../../tests/fixtures/stripe/dispute.json"
         ))
         .unwrap();
         assert_eq!(d.charge.id(), "ch_1PgafuB7WZ01zgkWXYmPNZs8");

@@ -2,7 +2,7 @@
 //!
 //! Models keep only the fields the credits rule reads and tolerate everything else:
 //! unknown fields are ignored, unknown enum values map to `Unknown`, and fields that
-//! older API versions lack are optional (see ../shared/stripe-fixtures/README.md on drift).
+//! older API versions lack are optional (see tests/fixtures/stripe/README.md on drift).
 
 use std::collections::HashMap;
 
@@ -189,11 +189,11 @@ pub async fn fetch(
 mod tests {
     use super::*;
 
-    const SESSION: &str = include_str!("../../../../shared/stripe-fixtures/checkout_session.json");
+    const SESSION: &str = include_str!("../../../tests/fixtures/stripe/checkout_session.json");
     const EVENT: &str = include_str!(
-        "../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json"
+        "../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json"
     );
-    const LIST: &str = include_str!("../../../../shared/stripe-fixtures/list_line_items.json");
+    const LIST: &str = include_str!("../../../tests/fixtures/stripe/list_line_items.json");
 
     #[test]
     fn reads_the_fixture_session() {

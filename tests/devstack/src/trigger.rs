@@ -26,7 +26,7 @@ pub enum What {
         event_id: String,
     },
     /// Sign a file's bytes as Stripe would and post them to ingest (no fake Stripe needed),
-    /// e.g. ../shared/stripe-fixtures/event_checkout_session_completed_basil.json.
+    /// e.g. tests/fixtures/stripe/event_checkout_session_completed_basil.json.
     Send {
         /// A file holding a Stripe event, sent byte for byte.
         file: std::path::PathBuf,

@@ -474,7 +474,7 @@ async fn the_readme_one_liner_signs_a_fixture_and_it_lands_in_the_queue() {
         .await
     );
     let fixture =
-        workspace().join("../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
+        workspace().join("tests/fixtures/stripe/event_checkout_session_completed_basil.json");
     let out = readme_command(
         &["trigger", "send", fixture.to_str().unwrap()],
         &[("INGEST_ADDR", format!("127.0.0.1:{port}"))],

@@ -1,7 +1,7 @@
 //! A fake Stripe API for tests and for running the stack without a Stripe account.
 //!
 //! It is a real HTTP server (actix-web, random port) answering the endpoints fulfill uses,
-//! in Stripe's shapes (built from ../shared/stripe-fixtures): checkout sessions with
+//! in Stripe's shapes (built from tests/fixtures/stripe): checkout sessions with
 //! `expand[]`, line items with Stripe's cursor paging, events and sessions lists, charges.
 //! It checks the API key, and has knobs for latency, 429/5xx rates, hangs, a per-second
 //! rate limit like Stripe's, and sessions whose state changes over time. It also builds

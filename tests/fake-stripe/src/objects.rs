@@ -1,17 +1,17 @@
-//! Stripe object shapes, built from ../shared/stripe-fixtures so the fake answers what the
+//! Stripe object shapes, built from tests/fixtures/stripe so the fake answers what the
 //! real API answers (same keys, same nesting), with our values filled in.
 
 use serde_json::{Map, Value, json};
 
-const SESSION: &str = include_str!("../../../../shared/stripe-fixtures/checkout_session.json");
-const ITEM: &str = include_str!("../../../../shared/stripe-fixtures/item.json");
-const PRICE: &str = include_str!("../../../../shared/stripe-fixtures/price.json");
-const PRODUCT: &str = include_str!("../../../../shared/stripe-fixtures/product.json");
+const SESSION: &str = include_str!("../../fixtures/stripe/checkout_session.json");
+const ITEM: &str = include_str!("../../fixtures/stripe/item.json");
+const PRICE: &str = include_str!("../../fixtures/stripe/price.json");
+const PRODUCT: &str = include_str!("../../fixtures/stripe/product.json");
 const EVENT: &str =
-    include_str!("../../../../shared/stripe-fixtures/event_checkout_session_completed_basil.json");
-const CHARGE: &str = include_str!("../../../../shared/stripe-fixtures/charge.json");
-const REFUND: &str = include_str!("../../../../shared/stripe-fixtures/refund.json");
-const DISPUTE: &str = include_str!("../../../../shared/stripe-fixtures/dispute.json");
+    include_str!("../../fixtures/stripe/event_checkout_session_completed_basil.json");
+const CHARGE: &str = include_str!("../../fixtures/stripe/charge.json");
+const REFUND: &str = include_str!("../../fixtures/stripe/refund.json");
+const DISPUTE: &str = include_str!("../../fixtures/stripe/dispute.json");
 
 /// The API version the fake's events claim (that of the real delivered event).
 pub const API_VERSION: &str = "2025-04-30.basil";
