@@ -10,7 +10,7 @@ use shared::{
     telemetry::TelemetryConfig,
 };
 
-use crate::{fulfillment::reversal::RefundPolicy, stripe::StripeConfig};
+use crate::{domain::target::RefundPolicy, stripe::StripeConfig};
 
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";

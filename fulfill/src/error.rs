@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde_json::json;
 
-use crate::{db::PoolError, stripe::StripeError};
+use crate::{db::PoolError, domain::settlement::Failure, stripe::StripeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FulfillError {
@@ -19,6 +19,13 @@ pub enum FulfillError {
     Database(#[from] diesel::result::Error),
     #[error("no database connection")]
     Pool(#[from] PoolError),
+    /// Stripe's view does not yet show what the event announced (its reads can lag its
+    /// webhooks): retried later, never recorded as done.
+    #[error("Stripe does not show what {cue} announced for session {session_id} yet")]
+    NotYetVisible { session_id: String, cue: String },
+    /// A ledger key already taken under the session lock: a bug, never retried.
+    #[error("ledger entry {0} already exists")]
+    Conflict(String),
 }
 
 impl FulfillError {
@@ -26,9 +33,9 @@ impl FulfillError {
     pub fn is_transient(&self) -> bool {
         use diesel::result::{DatabaseErrorKind as Kind, Error as Db};
         match self {
-            Self::Malformed(_) | Self::UnsupportedEvent(_) => false,
+            Self::Malformed(_) | Self::UnsupportedEvent(_) | Self::Conflict(_) => false,
             Self::Stripe(e) => e.is_transient(),
-            Self::Pool(_) => true,
+            Self::Pool(_) | Self::NotYetVisible { .. } => true,
             // Constraint violations are bugs no retry will fix; everything else
             // (lost connections, serialization failures, restarts) passes.
             Self::Database(Db::DatabaseError(
@@ -47,6 +54,17 @@ impl FulfillError {
             Self::Stripe(_) => "stripe",
             Self::Database(_) => "database",
             Self::Pool(_) => "pool",
+            Self::NotYetVisible { .. } => "not_yet_visible",
+            Self::Conflict(_) => "conflict",
+        }
+    }
+
+    /// How the delivery that failed with this is settled.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Malformed(_) | Self::UnsupportedEvent(_) => Failure::Poison,
+            e if e.is_transient() => Failure::Transient,
+            _ => Failure::Permanent,
         }
     }
 
@@ -54,14 +72,6 @@ impl FulfillError {
     pub fn record_on(&self, span: &tracing::Span) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", self.kind());
-    }
-
-    /// `poison` for messages that can never be processed, else `permanent`.
-    pub fn dead_letter_kind(&self) -> &'static str {
-        match self {
-            Self::Malformed(_) | Self::UnsupportedEvent(_) => "poison",
-            _ => "permanent",
-        }
     }
 }
 

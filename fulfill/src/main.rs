@@ -1,19 +1,10 @@
 //! `fulfill` serves (default); `fulfill migrate` applies migrations; `fulfill reconcile`
 //! heals from Stripe's Events API; `fulfill dlq …` inspects and replays dead letters.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulfill::{
-    config::Config,
-    db,
-    dlq::DeadLetters,
-    fulfillment::Fulfiller,
-    metrics::Metrics,
-    reconcile,
-    startup::Application,
-    stripe::{RateLimiter, StripeClient},
+    config::Config, db, dlq::DeadLetters, reconcile, services::Services, startup::Application,
 };
 use secrecy::SecretString;
 use shared::{config::ProcessEnv, shutdown, telemetry};
@@ -93,12 +84,8 @@ async fn reconcile_once(since: Option<String>) -> anyhow::Result<()> {
     db::run_migrations(&config.database_url)
         .await
         .context("migrations failed")?;
-    let metrics = Arc::new(Metrics::new());
-    let pool = db::pool(&config.database_url, config.database_pool_size);
-    let limiter = RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
-    let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
-    let fulfiller = Fulfiller::new(pool, stripe, metrics, config.refund_policy);
-    let report = reconcile::run(&fulfiller, since).await?;
+    let services = Services::build(&config)?;
+    let report = reconcile::run(&services.fulfiller, &services.pool, since).await?;
     println!("{report}");
     if report.errors > 0 {
         anyhow::bail!("{} items failed; run again to retry them", report.errors);

@@ -11,16 +11,14 @@
 
 use std::time::Duration;
 
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
-use diesel_async::RunQueryDsl;
 use serde::Deserialize;
 use shared::{ids::CheckoutSessionId, topology};
 
 use crate::{
-    db::{schema::reconcile_cursors, sessions},
+    db::{Pool, cursors, locks, sessions::SessionState},
     error::{FulfillError, error_chain},
-    fulfillment::{EventOutcome, Fulfiller, Trigger},
-    stripe::paging::Pager,
+    fulfillment::{EventOutcome, Fulfiller},
+    stripe::list::{HasId, Pager},
 };
 
 /// Stripe keeps events for 30 days.
@@ -100,7 +98,11 @@ fn secs(d: Duration) -> i64 {
 
 /// Runs one reconciliation over `since` (or from the stored cursor) and advances the
 /// cursor when every item went through.
-pub async fn run(fulfiller: &Fulfiller, since: Option<Duration>) -> Result<Report, ReconcileError> {
+pub async fn run(
+    fulfiller: &Fulfiller,
+    pool: &Pool,
+    since: Option<Duration>,
+) -> Result<Report, ReconcileError> {
     if let Some(s) = since
         && s > MAX_LOOKBACK
     {
@@ -109,7 +111,7 @@ pub async fn run(fulfiller: &Fulfiller, since: Option<Duration>) -> Result<Repor
     let started = now();
     let created_gte = match since {
         Some(s) => started - secs(s),
-        None => match read_cursor(fulfiller).await? {
+        None => match read_cursor(pool).await? {
             Some(cursor) => (cursor - secs(OVERLAP)).max(started - secs(MAX_LOOKBACK)),
             None => started - secs(DEFAULT_LOOKBACK),
         },
@@ -121,8 +123,9 @@ pub async fn run(fulfiller: &Fulfiller, since: Option<Duration>) -> Result<Repor
     let created = created_gte.to_string();
     events(fulfiller, &created, &mut report).await?;
     sessions(fulfiller, &created, &mut report).await?;
+    pending(fulfiller, &mut report).await?;
     if report.errors == 0 {
-        write_cursor(fulfiller, started).await?;
+        write_cursor(pool, started).await?;
     }
     fulfiller.metrics().reconcile_healed.inc_by(report.healed);
     Ok(report)
@@ -147,7 +150,7 @@ async fn events(
             report.events += 1;
             let body = serde_json::to_vec(&event).unwrap_or_default();
             match fulfiller.handle_event(&body).await {
-                Ok(EventOutcome::Duplicate) | Ok(EventOutcome::AlreadyFinal(_)) => {}
+                Ok(EventOutcome::Duplicate) | Ok(EventOutcome::AlreadySettled(_)) => {}
                 Ok(outcome) => {
                     report.events_new += 1;
                     count(report, &outcome);
@@ -163,10 +166,10 @@ async fn events(
 }
 
 fn count(report: &mut Report, outcome: &EventOutcome) {
-    match outcome.label() {
-        "credited" => report.healed += 1,
-        "needs_attention" => report.needs_attention += 1,
-        _ => {}
+    if outcome.credited() {
+        report.healed += 1;
+    } else if outcome.needs_attention() {
+        report.needs_attention += 1;
     }
 }
 
@@ -179,9 +182,9 @@ async fn sessions(
     struct Listed {
         id: String,
     }
-    impl crate::stripe::paging::Identified for Listed {
-        fn list_id(&self) -> Option<&str> {
-            Some(&self.id)
+    impl HasId for Listed {
+        fn id(&self) -> &str {
+            &self.id
         }
     }
     let query = [("status", "complete"), ("created[gte]", created_gte)];
@@ -206,93 +209,81 @@ async fn sessions(
             if let Some(state) = fulfiller.recorded_state(&id).await?
                 && matches!(
                     state.state,
-                    sessions::SessionState::Credited
-                        | sessions::SessionState::Expired
-                        | sessions::SessionState::Failed
+                    SessionState::Credited | SessionState::Expired | SessionState::Failed
                 )
             {
                 continue;
             }
-            report.sessions_checked += 1;
-            match fulfiller.fulfill_session(&id, Trigger::Direct).await {
-                Ok(state) if state.credited_now => report.healed += 1,
-                Ok(state) if state.state == sessions::SessionState::NeedsAttention => {
-                    report.needs_attention += 1
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    report.errors += 1;
-                    tracing::warn!(session_id = %id, error = %error_chain(&e), "reconcile: session failed");
-                }
-            }
+            check(fulfiller, &id, report).await;
         }
     }
     Ok(())
 }
 
-async fn read_cursor(fulfiller: &Fulfiller) -> Result<Option<i64>, FulfillError> {
-    let mut conn = fulfiller.pool().get().await?;
-    Ok(reconcile_cursors::table
-        .filter(reconcile_cursors::name.eq(CURSOR))
-        .select(reconcile_cursors::created_gte)
-        .first::<i64>(&mut conn)
-        .await
-        .optional()?)
+/// Sessions recorded as pending whatever their age: an async payment that succeeded
+/// after the window, and whose event was lost, is healed too.
+async fn pending(fulfiller: &Fulfiller, report: &mut Report) -> Result<(), ReconcileError> {
+    const MAX_PENDING: i64 = 10_000;
+    for raw in fulfiller.pending_sessions(MAX_PENDING).await? {
+        let Ok(id) = CheckoutSessionId::parse(raw) else {
+            report.errors += 1;
+            continue;
+        };
+        check(fulfiller, &id, report).await;
+    }
+    Ok(())
 }
 
-async fn write_cursor(fulfiller: &Fulfiller, created_gte: i64) -> Result<(), FulfillError> {
-    let mut conn = fulfiller.pool().get().await?;
-    diesel::insert_into(reconcile_cursors::table)
-        .values((
-            reconcile_cursors::name.eq(CURSOR),
-            reconcile_cursors::created_gte.eq(created_gte),
-        ))
-        .on_conflict(reconcile_cursors::name)
-        .do_update()
-        .set((
-            reconcile_cursors::created_gte.eq(created_gte),
-            reconcile_cursors::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(&mut conn)
-        .await?;
-    Ok(())
+async fn check(fulfiller: &Fulfiller, id: &CheckoutSessionId, report: &mut Report) {
+    report.sessions_checked += 1;
+    match fulfiller.fulfill_session(id).await {
+        Ok(state) if state.credited_now => report.healed += 1,
+        Ok(state) if state.state == SessionState::NeedsAttention => report.needs_attention += 1,
+        Ok(_) => {}
+        Err(e) => {
+            report.errors += 1;
+            tracing::warn!(session_id = %id, error = %error_chain(&e), "reconcile: session failed");
+        }
+    }
+}
+
+async fn read_cursor(pool: &Pool) -> Result<Option<i64>, FulfillError> {
+    let mut conn = pool.get().await?;
+    Ok(cursors::read(&mut conn, CURSOR).await?)
+}
+
+async fn write_cursor(pool: &Pool, created_gte: i64) -> Result<(), FulfillError> {
+    let mut conn = pool.get().await?;
+    Ok(cursors::write(&mut conn, CURSOR, created_gte).await?)
 }
 
 /// The background loop (`FULFILL_RECONCILE_INTERVAL_SECS`): one process at a time runs it,
 /// under a PostgreSQL advisory lock.
 pub async fn run_periodically(
     fulfiller: std::sync::Arc<Fulfiller>,
+    pool: Pool,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    const LOCK: i64 = 0x0072_6563_6f6e_6369; // "reconci"
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let Ok(mut conn) = fulfiller.pool().get_owned().await else {
+        let Ok(mut conn) = pool.get_owned().await else {
             continue;
         };
-        #[derive(diesel::QueryableByName)]
-        struct Locked {
-            #[diesel(sql_type = diesel::sql_types::Bool)]
-            locked: bool,
-        }
-        let locked = diesel::sql_query(format!("SELECT pg_try_advisory_lock({LOCK}) AS locked"))
-            .get_result::<Locked>(&mut conn)
+        if !locks::try_lock(&mut conn, locks::RECONCILE)
             .await
-            .is_ok_and(|l| l.locked);
-        if !locked {
+            .unwrap_or(false)
+        {
             continue;
         }
-        match run(&fulfiller, None).await {
+        match run(&fulfiller, &pool, None).await {
             Ok(report) => tracing::info!(%report, "background reconciliation done"),
             Err(e) => tracing::warn!(error = %error_chain(&e), "background reconciliation failed"),
         }
-        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK})"))
-            .execute(&mut conn)
-            .await;
+        let _ = locks::unlock(&mut conn, locks::RECONCILE).await;
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     fulfillment::Fulfiller,
     http,
     metrics::Metrics,
-    stripe::{RateLimiter, StripeClient},
+    services::Services,
 };
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -69,20 +69,15 @@ impl Application {
         migrate_with_patience(&config.database_url).await?;
         let listener = TcpListener::bind(config.addr)?;
         let port = listener.local_addr()?.port();
-        let metrics = Arc::new(Metrics::new());
+        let Services {
+            pool,
+            metrics,
+            fulfiller,
+        } = Services::build(&config)?;
         let metrics_export = otlp_metrics::spawn("fulfill", config.telemetry.metrics.as_ref(), {
             let metrics = Arc::clone(&metrics);
             move || render(&metrics.registry)
         });
-        let pool = db::pool(&config.database_url, config.database_pool_size);
-        let limiter = RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
-        let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
-        let fulfiller = Arc::new(Fulfiller::new(
-            pool.clone(),
-            stripe,
-            Arc::clone(&metrics),
-            config.refund_policy,
-        ));
         let consumer = Consumer::start(
             config.amqp.clone(),
             config.consumer.clone(),
@@ -93,6 +88,7 @@ impl Application {
         if let Some(every) = config.reconcile_interval {
             tokio::spawn(crate::reconcile::run_periodically(
                 Arc::clone(&fulfiller),
+                pool.clone(),
                 every,
                 background.clone(),
             ));

@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod config;
 pub mod envelope;
+pub mod event_type;
 pub mod ids;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,7 +5,7 @@
 //!                       routing key = event type
 //! ingest ──► {p}stripe.events (topic, durable, alternate-exchange = {p}stripe.unrouted)
 //!              ├─ checkout.session.* (4 types), charge.refunded,
-//!              │  charge.dispute.created/closed ─────► {p}fulfill.checkout (quorum)
+//!              │  charge.refund.updated, charge.dispute.* (5 types) ─► {p}fulfill.checkout (quorum)
 //!              └─ anything unbound ─► {p}stripe.unrouted (fanout) ─► {p}stripe.unrouted (bounded)
 //!
 //! fulfill ─ transient failure ─► {p}fulfill.retry (per-message TTL) ─► back to {p}fulfill.checkout
@@ -23,24 +23,11 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-/// The checkout events fulfill consumes. The contract names these four.
-pub const CHECKOUT_EVENT_TYPES: [&str; 4] = [
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "checkout.session.expired",
-];
-
-/// Events that take credits back (refunds, disputes); fulfill consumes them too.
-pub const REVERSAL_EVENT_TYPES: [&str; 3] = [
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-];
+use crate::event_type::EventType;
 
 /// Every event type bound to the queue fulfill consumes.
 pub fn consumed_event_types() -> impl Iterator<Item = &'static str> {
-    CHECKOUT_EVENT_TYPES.into_iter().chain(REVERSAL_EVENT_TYPES)
+    EventType::ALL.iter().map(|t| t.as_str())
 }
 
 /// How many unrouted (unconsumed types of) events are kept for inspection.

@@ -20,7 +20,11 @@ use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Context;
-use crate::{error::error_chain, metrics::KindLabels};
+use crate::{
+    domain::settlement::{self, RetryPolicy, Settlement},
+    error::{FulfillError, error_chain},
+    metrics::KindLabels,
+};
 
 pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Delivery) {
     let event_type = delivery
@@ -82,6 +86,8 @@ fn consumer_span(
     span
 }
 
+/// Processes the delivery, decides how to settle it (pure: `domain::settlement`), then
+/// does it: ack, or a confirmed copy to the retry or dead-letter queue and then the ack.
 async fn settle(
     context: &Context,
     publish: &Channel,
@@ -96,22 +102,34 @@ async fn settle(
     if let Err(e) = &result {
         e.record_on(&span);
     }
-    let settled = match result {
-        Ok(outcome) => {
-            context.metrics.event(event_type, outcome.label());
-            span.record("outcome", outcome.label());
-            tracing::debug!(outcome = outcome.label(), "delivery processed");
+    let policy = RetryPolicy {
+        max_attempts: context.config.max_attempts,
+        base: context.config.retry_base,
+        max: context.config.retry_max,
+    };
+    let settlement = settlement::settle(
+        result.as_ref().map(|_| ()).map_err(FulfillError::failure),
+        attempts,
+        &policy,
+    );
+    let outcome = match (&result, settlement) {
+        (Ok(outcome), _) => outcome.label(),
+        (Err(_), Settlement::Retry { .. }) => "retry",
+        (Err(_), _) => "dead_lettered",
+    };
+    context.metrics.event(event_type, outcome);
+    span.record("outcome", outcome);
+    let settled = match (settlement, result) {
+        (Settlement::Ack, _) => {
+            tracing::debug!(outcome, "delivery processed");
             ack(&delivery).await
         }
-        Err(e) if e.is_transient() && attempts < context.config.max_attempts => {
-            let delay = amqp::backoff_from(
-                context.config.retry_base,
-                attempts - 1,
-                context.config.retry_max,
-            );
-            tracing::warn!(error = %error_chain(&e), attempts, delay_ms = delay.as_millis() as u64, "transient failure; retrying later");
-            context.metrics.event(event_type, "retry");
-            span.record("outcome", "retry");
+        (Settlement::Retry { delay }, result) => {
+            // Equal jitter below the planned delay, so that many retries do not align.
+            let delay = amqp::backoff_from(delay, 0, delay);
+            if let Err(e) = &result {
+                tracing::warn!(error = %error_chain(e), attempts, delay_ms = delay.as_millis() as u64, "transient failure; retrying later");
+            }
             context.metrics.requeued.inc();
             let mut h = carried_headers(&delivery);
             h.insert(
@@ -125,16 +143,10 @@ async fn settle(
                 .with_expiration(ShortString::from(delay.as_millis().to_string()));
             republish(publish, &context.topology.retry_queue(), &delivery, props).await
         }
-        Err(e) => {
-            let kind = if e.is_transient() {
-                "exhausted"
-            } else {
-                e.dead_letter_kind()
-            };
-            let reason = error_chain(&e);
+        (Settlement::DeadLetter { kind }, result) => {
+            let reason = result.err().map_or_else(String::new, |e| error_chain(&e));
+            let kind = kind.as_str();
             tracing::error!(error = %reason, kind, attempts, "dead-lettering the message");
-            context.metrics.event(event_type, "dead_lettered");
-            span.record("outcome", "dead_lettered");
             context
                 .metrics
                 .dead_letters

@@ -13,6 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::{balances, ledger_entries};
+use crate::domain::target::{Component, Components};
 
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
@@ -23,6 +24,8 @@ pub struct NewEntry<'a> {
     pub stripe_session_id: Option<&'a str>,
     pub stripe_event_id: Option<&'a str>,
     pub stripe_object_id: Option<&'a str>,
+    /// The part of a session's credits the entry moves (entries of a session only).
+    pub component: Option<Component>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq, Eq)]
@@ -53,6 +56,7 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
             ledger_entries::stripe_session_id.eq(entry.stripe_session_id),
             ledger_entries::stripe_event_id.eq(entry.stripe_event_id),
             ledger_entries::stripe_object_id.eq(entry.stripe_object_id),
+            ledger_entries::component.eq(entry.component.map(Component::as_str)),
         ))
         .on_conflict(ledger_entries::idempotency_key)
         .do_nothing()
@@ -116,4 +120,70 @@ pub async fn entries(
         .select(Entry::as_select())
         .load(conn)
         .await
+}
+
+/// What a session's entries hold, per component, and how many entries each has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub components: Components,
+    pub purchase_entries: i64,
+    pub refund_entries: i64,
+    pub dispute_entries: i64,
+}
+
+impl Applied {
+    pub fn entries(&self, component: Component) -> i64 {
+        match component {
+            Component::Purchase => self.purchase_entries,
+            Component::Refund => self.refund_entries,
+            Component::Dispute => self.dispute_entries,
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct ComponentTotal {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    component: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    total: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    entries: i64,
+}
+
+/// Sums a session's entries by component. Entries from before components were recorded
+/// (or from an older release during a rollout) are filed by their reason.
+pub async fn applied(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<Applied> {
+    let rows: Vec<ComponentTotal> = diesel::sql_query(
+        "SELECT COALESCE(component, CASE reason \
+                WHEN 'purchase' THEN 'purchase' WHEN 'refund' THEN 'refund' \
+                WHEN 'dispute' THEN 'dispute' WHEN 'dispute_won' THEN 'dispute' END) AS component, \
+            COALESCE(SUM(delta), 0)::BIGINT AS total, COUNT(*)::BIGINT AS entries \
+         FROM ledger_entries WHERE stripe_session_id = $1 GROUP BY 1",
+    )
+    .bind::<diesel::sql_types::Text, _>(session_id)
+    .load(conn)
+    .await?;
+    let mut applied = Applied::default();
+    for row in rows {
+        let Some(component) = row.component.as_deref().and_then(Component::parse) else {
+            continue;
+        };
+        match component {
+            Component::Purchase => {
+                applied.components.purchase = row.total;
+                applied.purchase_entries = row.entries;
+            }
+            // Takebacks are stored as negative deltas.
+            Component::Refund => {
+                applied.components.refunded = -row.total;
+                applied.refund_entries = row.entries;
+            }
+            Component::Dispute => {
+                applied.components.disputed = -row.total;
+                applied.dispute_entries = row.entries;
+            }
+        }
+    }
+    Ok(applied)
 }

@@ -6,8 +6,10 @@
 //! runtime without sizing a blocking thread pool to the connection count, and it needs no
 //! libpq. Query functions take `&mut AsyncPgConnection` so the caller owns the transaction.
 
+pub mod cursors;
 pub mod events;
 pub mod ledger;
+pub mod locks;
 pub mod schema;
 pub mod sessions;
 
@@ -26,9 +28,6 @@ pub type Pool = bb8::Pool<AsyncPgConnection>;
 pub type PoolError = diesel_async::pooled_connection::bb8::RunError;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
-
-/// Serialises migrations across fulfill processes starting together.
-const MIGRATION_LOCK: i64 = 0x0066_756c_6669_6c6c; // "fulfill"
 
 /// The client span around one transaction, by the database semantic conventions
 /// (`db.system.name`); statements inside are not traced one by one, and nothing of the
@@ -73,14 +72,14 @@ pub async fn run_migrations(url: &SecretString) -> Result<Vec<String>, Migration
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .map_err(MigrationError::Connect)?;
-        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        diesel::sql_query(format!("SELECT pg_advisory_lock({})", locks::MIGRATIONS))
             .execute(&mut conn)
             .map_err(MigrationError::Lock)?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map(|versions| versions.iter().map(ToString::to_string).collect())
             .map_err(|e| MigrationError::Apply(e.to_string()));
-        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({})", locks::MIGRATIONS))
             .execute(&mut conn);
         applied
     })

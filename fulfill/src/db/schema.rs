@@ -27,6 +27,7 @@ diesel::table! {
         reversed_credits -> Int8,
         attention -> Nullable<Text>,
         fetch_lease_until -> Nullable<Timestamptz>,
+        view_started_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -41,6 +42,7 @@ diesel::table! {
         stripe_event_id -> Nullable<Text>,
         stripe_object_id -> Nullable<Text>,
         created_at -> Timestamptz,
+        component -> Nullable<Text>,
     }
 }
 

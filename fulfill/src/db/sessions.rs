@@ -9,46 +9,13 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::checkout_sessions;
-
-/// The states a session moves through; `credited` is the only one nothing leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionState {
-    Pending,
-    Credited,
-    NeedsAttention,
-    Failed,
-    Expired,
-}
-
-impl SessionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Credited => "credited",
-            Self::NeedsAttention => "needs_attention",
-            Self::Failed => "failed",
-            Self::Expired => "expired",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "pending" => Self::Pending,
-            "credited" => Self::Credited,
-            "needs_attention" => Self::NeedsAttention,
-            "failed" => Self::Failed,
-            "expired" => Self::Expired,
-            _ => return None,
-        })
-    }
-}
+pub use crate::domain::session::SessionState;
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = checkout_sessions)]
 pub struct SessionRow {
     pub session_id: String,
-    pub state: String,
+    pub state: SessionState,
     pub user_id: Option<String>,
     pub credits: Option<i64>,
     pub reason: Option<String>,
@@ -63,20 +30,17 @@ pub struct SessionRow {
     pub updated_at: DateTime<Utc>,
     pub reversed_credits: i64,
     pub attention: Option<String>,
-}
-
-impl SessionRow {
-    pub fn state(&self) -> SessionState {
-        // The CHECK constraint admits only known states.
-        SessionState::parse(&self.state).unwrap_or(SessionState::Pending)
-    }
+    #[serde(skip)]
+    pub fetch_lease_until: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub view_started_at: Option<DateTime<Utc>>,
 }
 
 /// The fields a fulfillment run writes. `None` leaves a column as it is.
 #[derive(Debug, Clone, Default, AsChangeset)]
 #[diesel(table_name = checkout_sessions)]
 pub struct SessionUpdate<'a> {
-    pub state: Option<&'a str>,
+    pub state: Option<SessionState>,
     pub user_id: Option<Option<&'a str>>,
     pub credits: Option<Option<i64>>,
     pub reason: Option<Option<&'a str>>,
@@ -89,6 +53,7 @@ pub struct SessionUpdate<'a> {
     pub last_event_id: Option<&'a str>,
     pub reversed_credits: Option<i64>,
     pub attention: Option<Option<&'a str>>,
+    pub view_started_at: Option<DateTime<Utc>>,
 }
 
 pub async fn find(
@@ -112,7 +77,7 @@ pub async fn lock_or_create(
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
-            checkout_sessions::state.eq(SessionState::Pending.as_str()),
+            checkout_sessions::state.eq(SessionState::Pending),
         ))
         .on_conflict_do_nothing()
         .execute(conn)
@@ -137,30 +102,42 @@ pub async fn update(
         .await
 }
 
+#[derive(diesel::QueryableByName)]
+struct Claim {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    claimed: bool,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    now: DateTime<Utc>,
+}
+
 /// Takes the fetch lease of a session (creating its row if needed) unless another
-/// fulfillment holds an unexpired one. Returns whether this caller now holds it.
+/// fulfillment holds an unexpired one. Returns whether this caller now holds it, and the
+/// database's clock at that moment (when a fetch starting now started).
 pub async fn claim_fetch(
     conn: &mut AsyncPgConnection,
     session_id: &str,
     lease: std::time::Duration,
-) -> QueryResult<bool> {
+) -> QueryResult<(bool, DateTime<Utc>)> {
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
-            checkout_sessions::state.eq(SessionState::Pending.as_str()),
+            checkout_sessions::state.eq(SessionState::Pending),
         ))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
-    diesel::sql_query(
-        "UPDATE checkout_sessions SET fetch_lease_until = clock_timestamp() + make_interval(secs => $2) \
-         WHERE session_id = $1 AND (fetch_lease_until IS NULL OR fetch_lease_until < clock_timestamp())",
+    let claim: Claim = diesel::sql_query(
+        "WITH claimed AS ( \
+            UPDATE checkout_sessions SET fetch_lease_until = clock_timestamp() + make_interval(secs => $2) \
+            WHERE session_id = $1 AND (fetch_lease_until IS NULL OR fetch_lease_until < clock_timestamp()) \
+            RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, clock_timestamp() AS now",
     )
     .bind::<diesel::sql_types::Text, _>(session_id)
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .execute(conn)
-    .await
-    .map(|n| n == 1)
+    .get_result(conn)
+    .await?;
+    Ok((claim.claimed, claim.now))
 }
 
 /// Gives the fetch lease back (in the caller's transaction, or on its own after a failure).
@@ -178,7 +155,7 @@ pub async fn forget_unknown(conn: &mut AsyncPgConnection, session_id: &str) -> Q
         checkout_sessions::table
             .find(session_id)
             .filter(checkout_sessions::stripe_status.is_null())
-            .filter(checkout_sessions::state.eq(SessionState::Pending.as_str())),
+            .filter(checkout_sessions::state.eq(SessionState::Pending)),
     )
     .execute(conn)
     .await
@@ -198,6 +175,19 @@ pub async fn find_by_payment_intent(
         .optional()
 }
 
+/// Sessions recorded as pending (unpaid async payments), oldest first: reconciliation
+/// looks at them again whatever their age, so a success whose webhook was lost is healed.
+pub async fn pending(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<String>> {
+    checkout_sessions::table
+        .filter(checkout_sessions::state.eq(SessionState::Pending))
+        .filter(checkout_sessions::stripe_status.is_not_null())
+        .order(checkout_sessions::created_at.asc())
+        .limit(limit)
+        .select(checkout_sessions::session_id)
+        .load(conn)
+        .await
+}
+
 /// Sessions that need an operator (not credited, with the reason; or flagged after a
 /// reversal), most recently changed first.
 pub async fn needing_attention(
@@ -207,7 +197,7 @@ pub async fn needing_attention(
     checkout_sessions::table
         .filter(
             checkout_sessions::state
-                .eq(SessionState::NeedsAttention.as_str())
+                .eq(SessionState::NeedsAttention)
                 .or(checkout_sessions::attention.is_not_null()),
         )
         .order(checkout_sessions::updated_at.desc())

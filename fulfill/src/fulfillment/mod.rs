@@ -1,36 +1,42 @@
-//! Fulfillment: fetch the current session from Stripe → decide → persist, once.
+//! Fulfillment: every event is only a cue. Refetch what Stripe says now → decide (pure,
+//! [`crate::domain`]) → move the ledger to the target in one transaction → settle.
 //!
-//! The same [`Fulfiller::fulfill_session`] serves the consumer (webhook path) and
-//! `POST /checkout/sessions/{id}/fulfill` (success-page path). Exactly-once is the
-//! database's job: the session row is locked for the transaction, the purchase ledger
-//! entry has a unique key, and the balance moves in the same transaction as the entry.
+//! The same [`Fulfiller::converge`] serves the consumer (webhook path), the success page
+//! (`POST /checkout/sessions/{id}/fulfill`), reconciliation and replayed dead letters.
+//! Exactly-once is the database's job: the session row is locked for the transaction,
+//! entries have unique keys, and the balance moves in the same transaction as an entry.
 
-pub mod credits;
-pub mod reversal;
+mod money;
+mod persist;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
 use shared::{
     envelope::EventEnvelope,
+    event_type::{EventType, ObjectKind},
     ids::{CheckoutSessionId, EventId},
-    topology::{CHECKOUT_EVENT_TYPES, REVERSAL_EVENT_TYPES},
 };
 use tracing::Instrument;
 
-use self::{credits::Decision, reversal::RefundPolicy};
+use self::persist::Persisted;
 use crate::{
     db::{
         self, Pool,
-        ledger::{self, NewEntry},
-        sessions::{self, SessionRow, SessionState, SessionUpdate},
+        sessions::{self, SessionRow, SessionState},
+    },
+    domain::{
+        credits::{self, Decision},
+        cue::{self, Cue, Seen},
+        target::RefundPolicy,
     },
     error::FulfillError,
     metrics::Metrics,
     stripe::{
         StripeClient, StripeError,
-        checkout_session::{self, CheckoutSession, Expandable, PaymentStatus, SessionStatus},
+        checkout_session::{self, PaymentStatus},
     },
 };
 
@@ -40,27 +46,11 @@ const FETCH_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
 /// How often a waiting fulfillment looks at the session again.
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
-pub const ASYNC_PAYMENT_FAILED: &str = "checkout.session.async_payment_failed";
-pub const ASYNC_PAYMENT_SUCCEEDED: &str = "checkout.session.async_payment_succeeded";
-
-/// What set a fulfillment off.
+/// The event a convergence runs for, if any.
 #[derive(Debug, Clone, Copy)]
-pub enum Trigger<'a> {
-    Event {
-        id: &'a EventId,
-        event_type: &'a str,
-    },
-    /// The success page, an operator, reconciliation.
-    Direct,
-}
-
-impl Trigger<'_> {
-    fn event_type(&self) -> Option<&str> {
-        match self {
-            Self::Event { event_type, .. } => Some(event_type),
-            Self::Direct => None,
-        }
-    }
+pub struct EventRef<'a> {
+    pub id: &'a EventId,
+    pub event_type: EventType,
 }
 
 /// A session's fulfillment state, as the API reports it.
@@ -71,6 +61,8 @@ pub struct FulfillmentState {
     pub user_id: Option<String>,
     pub credits: Option<i64>,
     pub reason: Option<String>,
+    /// Credits taken back from this session (refunds and disputes).
+    pub reversed_credits: i64,
     /// True when this call is the one that credited the session.
     pub credited_now: bool,
 }
@@ -79,13 +71,27 @@ impl FulfillmentState {
     fn from_row(row: &SessionRow, credited_now: bool) -> Self {
         Self {
             session_id: row.session_id.clone(),
-            state: row.state(),
+            state: row.state,
             user_id: row.user_id.clone(),
             credits: row.credits,
             reason: row.reason.clone(),
+            reversed_credits: row.reversed_credits,
             credited_now,
         }
     }
+}
+
+/// What one convergence did to the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerChange {
+    /// Nothing to write: the ledger already held the target.
+    None,
+    /// Entries were written.
+    Moved,
+    /// Entries were written and left the user's balance negative (flagged).
+    MovedBelowZero,
+    /// The view was older than one already applied: nothing written.
+    StaleView,
 }
 
 /// What handling one event came to; each is a label in `fulfill_events_total`.
@@ -93,28 +99,45 @@ impl FulfillmentState {
 pub enum EventOutcome {
     /// This event id was processed before.
     Duplicate,
-    /// The session was already in a final state: no Stripe call made.
-    AlreadyFinal(SessionState),
-    Fulfilled(FulfillmentState),
-    /// A refund or dispute, and what came of it.
-    Reversal(&'static str),
+    /// The session was already settled for this cue: no Stripe call made.
+    AlreadySettled(SessionState),
+    Converged {
+        state: FulfillmentState,
+        change: LedgerChange,
+    },
+    /// A refund or dispute of a payment that no Checkout Session made.
+    NotFromCheckout,
 }
 
 impl EventOutcome {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Duplicate => "duplicate",
-            Self::AlreadyFinal(_) => "already_final",
-            Self::Reversal(outcome) => outcome,
-            Self::Fulfilled(s) if s.credited_now => "credited",
-            Self::Fulfilled(s) => match s.state {
-                SessionState::Credited => "already_credited",
-                SessionState::Pending => "pending",
-                SessionState::NeedsAttention => "needs_attention",
-                SessionState::Failed => "failed",
-                SessionState::Expired => "expired",
+            Self::AlreadySettled(_) => "already_final",
+            Self::NotFromCheckout => "not_from_checkout",
+            Self::Converged { state, change } => match (state.credited_now, change) {
+                (true, _) => "credited",
+                (false, LedgerChange::MovedBelowZero) => "flagged",
+                (false, LedgerChange::Moved) => "reversed",
+                (false, LedgerChange::StaleView) => "stale_view",
+                (false, LedgerChange::None) => match state.state {
+                    SessionState::Credited => "already_credited",
+                    SessionState::Pending => "pending",
+                    SessionState::NeedsAttention => "needs_attention",
+                    SessionState::Failed => "failed",
+                    SessionState::Expired => "expired",
+                },
             },
         }
+    }
+
+    /// Whether this event newly credited a session (reconciliation counts these).
+    pub fn credited(&self) -> bool {
+        matches!(self, Self::Converged { state, .. } if state.credited_now)
+    }
+
+    pub fn needs_attention(&self) -> bool {
+        matches!(self, Self::Converged { state, change: LedgerChange::None } if state.state == SessionState::NeedsAttention)
     }
 }
 
@@ -123,6 +146,14 @@ pub struct Fulfiller {
     stripe: StripeClient,
     metrics: Arc<Metrics>,
     refund_policy: RefundPolicy,
+}
+
+/// How a convergence got its turn at the session.
+enum Turn {
+    /// Another fulfillment settled what this one came for: nothing to fetch.
+    Settled(Box<SessionRow>),
+    /// This one fetches; its view starts at `started` (database clock).
+    Fetch { started: DateTime<Utc> },
 }
 
 impl Fulfiller {
@@ -148,11 +179,7 @@ impl Fulfiller {
         &self.metrics
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// Handles one checkout event from the queue.
+    /// Handles one event from the queue.
     #[tracing::instrument(
         name = "fulfill.event",
         skip_all,
@@ -164,10 +191,11 @@ impl Fulfiller {
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
         span.record("event_type", envelope.event_type.as_str());
-        let is_reversal = REVERSAL_EVENT_TYPES.contains(&envelope.event_type.as_str());
-        if !is_reversal && !CHECKOUT_EVENT_TYPES.contains(&envelope.event_type.as_str()) {
-            return Err(FulfillError::UnsupportedEvent(envelope.event_type));
-        }
+        let event_type = EventType::parse(&envelope.event_type)
+            .ok_or_else(|| FulfillError::UnsupportedEvent(envelope.event_type.clone()))?;
+        let object_id = envelope
+            .object_id()
+            .ok_or_else(|| FulfillError::Malformed("data.object.id is missing".into()))?;
         // A redelivered event costs one indexed read and no Stripe call, whatever its type.
         {
             let mut conn = self.pool.get().await?;
@@ -175,157 +203,240 @@ impl Fulfiller {
                 return Ok(EventOutcome::Duplicate);
             }
         }
-        if is_reversal {
-            return self.handle_reversal(&envelope).await;
-        }
-        let session_id = envelope
-            .object_id()
-            .ok_or_else(|| FulfillError::Malformed("data.object.id is missing".into()))
-            .and_then(|id| {
-                CheckoutSessionId::parse(id)
-                    .map_err(|e| FulfillError::Malformed(format!("data.object.id: {e}")))
-            })?;
+        let event = EventRef {
+            id: &envelope.id,
+            event_type,
+        };
+        let (session_id, cue) = if event_type.object_kind() == ObjectKind::CheckoutSession {
+            let id = CheckoutSessionId::parse(&object_id)
+                .map_err(|e| FulfillError::Malformed(format!("data.object.id: {e}")))?;
+            (id, Cue::Checkout(event_type))
+        } else {
+            let hint = money::Hint::from_envelope(&envelope, event_type, &object_id)?;
+            match self.session_for(&hint).await? {
+                Some(id) => (id, hint.cue),
+                None => {
+                    self.record(event, &object_id, EventOutcome::NotFromCheckout)
+                        .await?;
+                    return Ok(EventOutcome::NotFromCheckout);
+                }
+            }
+        };
         span.record("session_id", session_id.as_str());
-
-        // So does an event for a session already settled.
+        // An event for a session already settled for it costs no Stripe call either.
         {
             let mut conn = self.pool.get().await?;
             if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await?
-                && is_final_for(row.state(), &envelope.event_type)
+                && row.state.settles(&cue)
             {
+                let outcome = EventOutcome::AlreadySettled(row.state);
                 db::events::record(
                     &mut conn,
                     envelope.id.as_str(),
-                    &envelope.event_type,
+                    event_type.as_str(),
                     Some(session_id.as_str()),
-                    "already_final",
+                    outcome.label(),
                 )
                 .await?;
-                return Ok(EventOutcome::AlreadyFinal(row.state()));
+                return Ok(outcome);
             }
         }
-        let trigger = Trigger::Event {
-            id: &envelope.id,
-            event_type: &envelope.event_type,
-        };
-        let state = self.fulfill_session(&session_id, trigger).await?;
+        let (state, change) = self.converge(&session_id, &cue, Some(event)).await?;
         if let Some(user) = &state.user_id {
             span.record("user_id", user.as_str());
         }
-        Ok(EventOutcome::Fulfilled(state))
+        Ok(EventOutcome::Converged { state, change })
     }
 
-    /// Refetches the session from Stripe and applies the credits rule, exactly once.
+    /// The success page, an operator, reconciliation: converge without an event.
+    pub async fn fulfill_session(
+        &self,
+        session_id: &CheckoutSessionId,
+    ) -> Result<FulfillmentState, FulfillError> {
+        self.converge(session_id, &Cue::Direct, None)
+            .await
+            .map(|(state, _)| state)
+    }
+
+    /// Refetches the session (and its money side) from Stripe and moves its ledger to
+    /// what that view implies, exactly once.
     #[tracing::instrument(
         name = "fulfill.session",
         skip_all,
         fields(session_id = %session_id, user_id)
     )]
-    pub async fn fulfill_session(
+    pub async fn converge(
         &self,
         session_id: &CheckoutSessionId,
-        trigger: Trigger<'_>,
-    ) -> Result<FulfillmentState, FulfillError> {
+        cue: &Cue,
+        event: Option<EventRef<'_>>,
+    ) -> Result<(FulfillmentState, LedgerChange), FulfillError> {
         let span = tracing::Span::current();
         // Single flight: while another delivery (in any process) fetches this session,
         // wait for its result instead of spending budget on the same answer.
-        if let Some(settled) = self.wait_for_fetch_lease(session_id, trigger).await? {
-            return Ok(settled);
+        let started = match self.take_turn(session_id, cue, event).await? {
+            Turn::Settled(row) => {
+                return Ok((FulfillmentState::from_row(&row, false), LedgerChange::None));
+            }
+            Turn::Fetch { started } => started,
+        };
+        let fetched = async {
+            let session = checkout_session::fetch(&self.stripe, session_id).await?;
+            let money =
+                money::fetch(&self.stripe, &session, matches!(cue, Cue::Money { .. })).await?;
+            Ok::<_, StripeError>((session, money))
         }
-        let session = match checkout_session::fetch(&self.stripe, session_id).await {
-            Ok(session) => session,
+        .await;
+        let (session, money) = match fetched {
+            Ok(view) => view,
             Err(e) => {
-                self.give_back_lease(session_id, matches!(e, StripeError::NotFound { .. }))
+                self.give_back_turn(session_id, matches!(e, StripeError::NotFound { .. }))
                     .await;
                 return Err(e.into());
             }
         };
+        let seen = Seen {
+            status: session.status,
+            paid: matches!(
+                session.payment_status,
+                PaymentStatus::Paid | PaymentStatus::NoPaymentRequired
+            ),
+            money: money.as_ref(),
+        };
+        if !cue::answers(cue, seen) {
+            self.give_back_turn(session_id, false).await;
+            return Err(FulfillError::NotYetVisible {
+                session_id: session_id.to_string(),
+                cue: cue
+                    .event_type()
+                    .map_or("direct", EventType::as_str)
+                    .to_owned(),
+            });
+        }
         let decision = credits::decide(&session);
         if let Decision::Credit { user, .. } = &decision {
             span.record("user_id", user.as_str());
         }
+        let view = persist::View {
+            session: &session,
+            decision: &decision,
+            money: money.as_ref(),
+            started,
+        };
+        let policy = self.refund_policy;
         let mut conn = self.pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
         let transaction = db::transaction_span();
-        let state = match conn
+        let persisted = match conn
             .transaction(async |conn: &mut AsyncPgConnection| {
-                persist(conn, session_id, &session, &decision, trigger).await
+                persist::apply(conn, session_id, &view, cue, event, policy).await
             })
             .instrument(transaction.clone())
             .await
         {
-            Ok(state) => state,
+            Ok(persisted) => persisted,
             Err(e) => {
                 e.record_on(&transaction);
-                self.give_back_lease(session_id, false).await;
+                self.give_back_turn(session_id, false).await;
                 return Err(e);
             }
         };
+        self.observe(&persisted);
+        Ok((persisted.state, persisted.change))
+    }
+
+    fn observe(&self, persisted: &Persisted) {
+        let state = &persisted.state;
         if let Some(user) = &state.user_id {
-            span.record("user_id", user.as_str());
+            tracing::Span::current().record("user_id", user.as_str());
         }
         if state.credited_now {
             self.metrics.sessions_credited.inc();
-            if let Some(credits) = state.credits {
-                self.metrics.credits_granted.inc_by(credits.unsigned_abs());
-            }
+        }
+        if persisted.granted > 0 {
+            self.metrics
+                .credits_granted
+                .inc_by(persisted.granted.unsigned_abs());
+        }
+        if state.credited_now {
             tracing::info!(user_id = ?state.user_id, credits = ?state.credits, "session credited");
-        } else if state.state == SessionState::NeedsAttention {
+        }
+        if persisted.taken_back != 0 {
+            tracing::info!(user_id = ?state.user_id, delta = -persisted.taken_back, reversed = state.reversed_credits, "credits taken back or given back");
+        }
+        if persisted.change == LedgerChange::MovedBelowZero {
+            self.metrics.needs_attention.inc();
+            tracing::warn!(user_id = ?state.user_id, "taking back credits left the balance negative");
+        } else if persisted.newly_needs_attention {
             self.metrics.needs_attention.inc();
             tracing::warn!(reason = ?state.reason, "session needs attention");
         }
-        Ok(state)
     }
 
     /// Takes the session's fetch lease, or waits while another fulfillment holds it.
-    /// `Some(state)` when that other fulfillment settled what this one came for (the
-    /// session is final for this event, or this very event was processed): no fetch needed.
-    async fn wait_for_fetch_lease(
+    async fn take_turn(
         &self,
         session_id: &CheckoutSessionId,
-        trigger: Trigger<'_>,
-    ) -> Result<Option<FulfillmentState>, FulfillError> {
+        cue: &Cue,
+        event: Option<EventRef<'_>>,
+    ) -> Result<Turn, FulfillError> {
         let deadline = tokio::time::Instant::now() + FETCH_LEASE * 2;
         loop {
             let mut conn = self.pool.get().await?;
-            let claimed =
+            let (claimed, now) =
                 sessions::claim_fetch(&mut conn, session_id.as_str(), FETCH_LEASE).await?;
             // Checked after claiming: the previous holder may have committed just before.
             if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await? {
-                let settled = match trigger {
-                    Trigger::Event { id, event_type } => {
-                        is_final_for(row.state(), event_type)
-                            || db::events::seen(&mut conn, id.as_str()).await?
+                let settled = match (cue, event) {
+                    (Cue::Direct, _) => row.state == SessionState::Credited,
+                    (_, Some(e)) => {
+                        row.state.settles(cue) || db::events::seen(&mut conn, e.id.as_str()).await?
                     }
-                    Trigger::Direct => row.state() == SessionState::Credited,
+                    (_, None) => row.state.settles(cue),
                 };
                 if settled {
                     if claimed {
                         sessions::release_fetch(&mut conn, session_id.as_str()).await?;
                     }
-                    return Ok(Some(FulfillmentState::from_row(&row, false)));
+                    return Ok(Turn::Settled(Box::new(row)));
                 }
             }
-            if claimed {
-                return Ok(None);
+            if claimed || tokio::time::Instant::now() >= deadline {
+                // Past the deadline the holder is stuck; fetching twice is safe (the later
+                // view wins), only wasteful.
+                return Ok(Turn::Fetch { started: now });
             }
             drop(conn);
-            if tokio::time::Instant::now() >= deadline {
-                // The holder is stuck; fetching twice is safe, only wasteful.
-                return Ok(None);
-            }
             tokio::time::sleep(LEASE_POLL).await;
         }
     }
 
     /// Best effort: a failed fulfillment frees the lease at once instead of at expiry.
-    async fn give_back_lease(&self, session_id: &CheckoutSessionId, unknown_to_stripe: bool) {
+    async fn give_back_turn(&self, session_id: &CheckoutSessionId, unknown_to_stripe: bool) {
         if let Ok(mut conn) = self.pool.get().await {
             let _ = sessions::release_fetch(&mut conn, session_id.as_str()).await;
             if unknown_to_stripe {
                 let _ = sessions::forget_unknown(&mut conn, session_id.as_str()).await;
             }
         }
+    }
+
+    async fn record(
+        &self,
+        event: EventRef<'_>,
+        object_id: &str,
+        outcome: EventOutcome,
+    ) -> Result<(), FulfillError> {
+        let mut conn = self.pool.get().await?;
+        db::events::record(
+            &mut conn,
+            event.id.as_str(),
+            event.event_type.as_str(),
+            Some(object_id),
+            outcome.label(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The state fulfill has recorded for a session, if any (no Stripe call).
@@ -338,161 +449,10 @@ impl Fulfiller {
             .await?
             .map(|row| FulfillmentState::from_row(&row, false)))
     }
-}
 
-/// Whether an event about a session in `state` can be answered without asking Stripe.
-/// Credited and expired sessions never change again; a failed async payment can only be
-/// followed by nothing, but a (misordered) success event is still checked with Stripe.
-fn is_final_for(state: SessionState, event_type: &str) -> bool {
-    match state {
-        SessionState::Credited | SessionState::Expired => true,
-        SessionState::Failed => event_type != ASYNC_PAYMENT_SUCCEEDED,
-        SessionState::Pending | SessionState::NeedsAttention => false,
-    }
-}
-
-/// The transaction: lock the session row, apply the decision unless already credited,
-/// record the event.
-async fn persist(
-    conn: &mut AsyncPgConnection,
-    session_id: &CheckoutSessionId,
-    session: &CheckoutSession,
-    decision: &Decision,
-    trigger: Trigger<'_>,
-) -> Result<FulfillmentState, FulfillError> {
-    let row = sessions::lock_or_create(conn, session_id.as_str()).await?;
-    let event_id = match trigger {
-        Trigger::Event { id, .. } => Some(id.as_str()),
-        Trigger::Direct => None,
-    };
-    let payment_intent = session.payment_intent.as_ref().map(Expandable::id);
-    let snapshot = SessionUpdate {
-        stripe_status: session.status.map(SessionStatus::as_str),
-        payment_status: Some(session.payment_status.as_str()),
-        payment_intent_id: payment_intent,
-        amount_total: session.amount_total,
-        currency: session.currency.as_deref(),
-        livemode: Some(session.livemode),
-        last_event_id: event_id,
-        ..SessionUpdate::default()
-    };
-
-    let (row, credited_now) = if row.state() == SessionState::Credited {
-        // Someone else credited it while we were fetching: nothing to do.
-        (row, false)
-    } else {
-        match decision {
-            Decision::Credit { user, credits } => {
-                let key = format!("purchase:{session_id}");
-                let applied = ledger::append(
-                    conn,
-                    &NewEntry {
-                        user_id: user.as_str(),
-                        delta: *credits,
-                        reason: "purchase",
-                        idempotency_key: &key,
-                        stripe_session_id: Some(session_id.as_str()),
-                        stripe_event_id: event_id,
-                        stripe_object_id: payment_intent,
-                    },
-                )
-                .await?;
-                let update = SessionUpdate {
-                    state: Some(SessionState::Credited.as_str()),
-                    user_id: Some(Some(user.as_str())),
-                    credits: Some(Some(*credits)),
-                    reason: Some(None),
-                    ..snapshot
-                };
-                (
-                    sessions::update(conn, session_id.as_str(), &update).await?,
-                    applied,
-                )
-            }
-            Decision::NeedsAttention { reason } => {
-                let update = SessionUpdate {
-                    state: Some(SessionState::NeedsAttention.as_str()),
-                    reason: Some(Some(reason.as_str())),
-                    ..snapshot
-                };
-                (
-                    sessions::update(conn, session_id.as_str(), &update).await?,
-                    false,
-                )
-            }
-            Decision::NotYetPaid if row.state() != SessionState::Pending => {
-                // A fetch older than what another delivery already recorded (failed,
-                // expired, paid-but-needs-attention): Stripe's states only move forward,
-                // so an "unpaid" view never overwrites them.
-                (row, false)
-            }
-            Decision::NotYetPaid => {
-                let failed = trigger.event_type() == Some(ASYNC_PAYMENT_FAILED)
-                    && session.status == Some(SessionStatus::Complete)
-                    && session.payment_status == PaymentStatus::Unpaid;
-                let state = if failed {
-                    SessionState::Failed
-                } else {
-                    SessionState::Pending
-                };
-                let update = SessionUpdate {
-                    state: Some(state.as_str()),
-                    ..snapshot
-                };
-                (
-                    sessions::update(conn, session_id.as_str(), &update).await?,
-                    false,
-                )
-            }
-            Decision::Expired => {
-                let update = SessionUpdate {
-                    state: Some(SessionState::Expired.as_str()),
-                    ..snapshot
-                };
-                (
-                    sessions::update(conn, session_id.as_str(), &update).await?,
-                    false,
-                )
-            }
-        }
-    };
-
-    sessions::release_fetch(conn, session_id.as_str()).await?;
-    let state = FulfillmentState::from_row(&row, credited_now);
-    if let Trigger::Event { id, event_type } = trigger {
-        let outcome = EventOutcome::Fulfilled(state.clone()).label();
-        db::events::record(
-            conn,
-            id.as_str(),
-            event_type,
-            Some(session_id.as_str()),
-            outcome,
-        )
-        .await?;
-    }
-    Ok(state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credited_and_expired_sessions_need_no_stripe_call() {
-        for t in CHECKOUT_EVENT_TYPES {
-            assert!(is_final_for(SessionState::Credited, t));
-            assert!(is_final_for(SessionState::Expired, t));
-            assert!(!is_final_for(SessionState::Pending, t));
-            assert!(!is_final_for(SessionState::NeedsAttention, t));
-        }
-    }
-
-    #[test]
-    fn a_failed_session_is_still_checked_on_a_success_event() {
-        assert!(!is_final_for(SessionState::Failed, ASYNC_PAYMENT_SUCCEEDED));
-        assert!(is_final_for(
-            SessionState::Failed,
-            "checkout.session.completed"
-        ));
+    /// Sessions recorded as pending, for reconciliation to look at again.
+    pub async fn pending_sessions(&self, limit: i64) -> Result<Vec<String>, FulfillError> {
+        let mut conn = self.pool.get().await?;
+        Ok(sessions::pending(&mut conn, limit).await?)
     }
 }

@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use shared::ids::CheckoutSessionId;
 
 use super::Authorized;
-use crate::{error::ApiError, fulfillment::Trigger, startup::AppState};
+use crate::{error::ApiError, startup::AppState};
 
 fn session_id(raw: String) -> Result<CheckoutSessionId, ApiError> {
     CheckoutSessionId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
@@ -18,10 +18,7 @@ pub async fn fulfill(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
-    let result = state
-        .fulfiller
-        .fulfill_session(&id, Trigger::Direct)
-        .await?;
+    let result = state.fulfiller.fulfill_session(&id).await?;
     Ok(HttpResponse::Ok().json(result))
 }
 

@@ -9,7 +9,12 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use shared::ids::CheckoutSessionId;
 
-use super::{StripeClient, StripeError, line_items};
+use super::{
+    StripeClient, StripeError,
+    charge::Charge,
+    line_items,
+    list::{Expandable, HasId, List},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,37 +58,8 @@ impl PaymentStatus {
     }
 }
 
-/// An id, or the object itself when expanded.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Expandable<T> {
-    Id(String),
-    Object(Box<T>),
-}
-
-impl<T: HasId> Expandable<T> {
-    pub fn id(&self) -> &str {
-        match self {
-            Self::Id(id) => id,
-            Self::Object(object) => object.id(),
-        }
-    }
-}
-
-pub trait HasId {
-    fn id(&self) -> &str;
-}
-
 /// Stripe metadata: string keys to string values.
 pub type Metadata = HashMap<String, String>;
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct List<T> {
-    pub data: Vec<T>,
-    pub has_more: bool,
-    #[serde(default)]
-    pub url: Option<String>,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Product {
@@ -117,9 +93,13 @@ pub struct LineItem {
     pub description: Option<String>,
 }
 
+/// The session's PaymentIntent, expanded with its latest charge: whether money went back
+/// (`amount_refunded`, `disputed`) is known from the one session retrieve.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentIntentRef {
     pub id: String,
+    #[serde(default)]
+    pub latest_charge: Option<Expandable<Charge>>,
 }
 
 impl HasId for PaymentIntentRef {
@@ -168,6 +148,8 @@ pub async fn fetch(
                 ("expand[]", "line_items"),
                 // Four levels: the deepest Stripe expands, and the deepest we need.
                 ("expand[]", "line_items.data.price.product"),
+                // The money side in the same call: refunded and disputed amounts.
+                ("expand[]", "payment_intent.latest_charge"),
             ],
         )
         .await?;
@@ -185,14 +167,33 @@ pub async fn fetch(
     Ok(session)
 }
 
+/// The Checkout Session that created `payment_intent`, if any.
+#[tracing::instrument(name = "stripe.find_checkout_session", skip_all, fields(payment_intent = %payment_intent))]
+pub async fn for_payment_intent(
+    client: &StripeClient,
+    payment_intent: &str,
+) -> Result<Option<String>, StripeError> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    let page: List<Id> = client
+        .get(
+            "checkout_sessions.list",
+            "/v1/checkout/sessions",
+            &[("payment_intent", payment_intent), ("limit", "1")],
+        )
+        .await?;
+    Ok(page.data.into_iter().next().map(|s| s.id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const SESSION: &str = include_str!("../../../tests/fixtures/stripe/checkout_session.json");
-    const EVENT: &str = include_str!(
-        "../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json"
-    );
+    const EVENT: &str =
+        include_str!("../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json");
     const LIST: &str = include_str!("../../../tests/fixtures/stripe/list_line_items.json");
 
     #[test]

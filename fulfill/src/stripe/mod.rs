@@ -5,10 +5,12 @@
 
 pub mod charge;
 pub mod checkout_session;
+pub mod dispute;
 pub mod error;
 pub mod line_items;
-pub mod paging;
+pub mod list;
 pub mod rate_limit;
+pub mod refund;
 
 use std::{sync::Arc, time::Duration};
 

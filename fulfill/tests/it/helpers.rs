@@ -41,7 +41,7 @@ pub struct Options {
     pub stripe_timeout: Duration,
     /// Reach the broker through a proxy the test can cut (a crash, seen from the broker).
     pub via_proxy: bool,
-    pub refund_policy: fulfill::fulfillment::reversal::RefundPolicy,
+    pub refund_policy: fulfill::domain::target::RefundPolicy,
     /// `STRIPE_RATE_LIMIT`: for every instance of this world together.
     pub rate_limit: f64,
 }
@@ -54,7 +54,7 @@ impl Default for Options {
             concurrency: 8,
             stripe_timeout: Duration::from_secs(3),
             via_proxy: false,
-            refund_policy: fulfill::fulfillment::reversal::RefundPolicy::Proportional,
+            refund_policy: fulfill::domain::target::RefundPolicy::Proportional,
             rate_limit: 2000.0,
         }
     }
@@ -148,15 +148,10 @@ impl World {
 
     /// The fulfillment core in-process, on this world's database and fake Stripe (for
     /// reconciliation runs). Start an instance first: it applies the migrations.
-    pub fn fulfiller(&self, options: &Options) -> fulfill::fulfillment::Fulfiller {
-        let config = self.config(options);
-        let metrics = Arc::new(fulfill::metrics::Metrics::new());
-        let pool = fulfill::db::pool(&config.database_url, 4);
-        let limiter = fulfill::stripe::RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
-        let stripe =
-            fulfill::stripe::StripeClient::new(config.stripe, limiter, Arc::clone(&metrics))
-                .unwrap();
-        fulfill::fulfillment::Fulfiller::new(pool, stripe, metrics, options.refund_policy)
+    pub fn services(&self, options: &Options) -> fulfill::services::Services {
+        let mut config = self.config(options);
+        config.database_pool_size = 4;
+        fulfill::services::Services::build(&config).unwrap()
     }
 
     pub fn price(&self, spec: PriceSpec) -> String {
@@ -188,6 +183,18 @@ impl World {
         let (id, body) = self.event(session_id, event_type);
         self.publish(event_type, &id, &body).await;
         (id, body)
+    }
+
+    /// Waits until fulfill recorded `event_id` as processed.
+    pub async fn wait_event(&self, event_id: &str) {
+        eventually(|| async {
+            let mut conn = self.db.connect().await;
+            fulfill::db::events::seen(&mut conn, event_id)
+                .await
+                .ok()
+                .filter(|seen| *seen)
+        })
+        .await;
     }
 
     pub fn set_knobs(&self, knobs: Knobs) {

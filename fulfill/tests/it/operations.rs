@@ -14,7 +14,7 @@ const COMPLETED: &str = "checkout.session.completed";
 async fn reconcile_credits_what_webhooks_missed_exactly_once() {
     let world = World::new().await;
     let app = world.start(&Options::default()).await;
-    let fulfiller = world.fulfiller(&Options::default());
+    let services = world.services(&Options::default());
     let pack = world.price(PriceSpec::credits(10));
     // Paid, the event exists at Stripe, but it was never delivered.
     let missed = world.session(SessionSpec::paid("healed", &pack, 1));
@@ -27,9 +27,13 @@ async fn reconcile_credits_what_webhooks_missed_exactly_once() {
     app.assert_balance_settles(&world.client, "healed", 10)
         .await;
 
-    let report = reconcile::run(&fulfiller, Some(Duration::from_secs(3600)))
-        .await
-        .unwrap();
+    let report = reconcile::run(
+        &services.fulfiller,
+        &services.pool,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.healed, 2, "{report}");
     assert_eq!(report.errors, 0);
     assert_eq!(app.balance(&world.client, "healed").await, 40);
@@ -39,7 +43,9 @@ async fn reconcile_credits_what_webhooks_missed_exactly_once() {
 
     // A second run heals nothing and asks Stripe about no settled session.
     let fetches = world.stripe.stats().session_fetches;
-    let again = reconcile::run(&fulfiller, None).await.unwrap();
+    let again = reconcile::run(&services.fulfiller, &services.pool, None)
+        .await
+        .unwrap();
     assert_eq!((again.healed, again.errors), (0, 0), "{again}");
     assert_eq!(world.stripe.stats().session_fetches, fetches);
     app.assert_balance_settles(&world.client, "healed", 40)
@@ -55,7 +61,7 @@ async fn reconcile_racing_late_webhooks_still_credits_once() {
         ..Default::default()
     });
     let app = world.start(&Options::default()).await;
-    let fulfiller = world.fulfiller(&Options::default());
+    let services = world.services(&Options::default());
     let single = world.price(PriceSpec::credits(1));
     let mut late = Vec::new();
     for _ in 0..15 {
@@ -68,7 +74,11 @@ async fn reconcile_racing_late_webhooks_still_credits_once() {
     );
     let (_, report) = tokio::join!(
         webhooks,
-        reconcile::run(&fulfiller, Some(Duration::from_secs(600)))
+        reconcile::run(
+            &services.fulfiller,
+            &services.pool,
+            Some(Duration::from_secs(600))
+        )
     );
     assert_eq!(report.unwrap().errors, 0);
     app.assert_balance_settles(&world.client, "racer", 15).await;
@@ -85,10 +95,14 @@ async fn reconcile_racing_late_webhooks_still_credits_once() {
 async fn reconcile_refuses_a_window_beyond_stripes_event_retention() {
     let world = World::new().await;
     let _app = world.start(&Options::default()).await;
-    let fulfiller = world.fulfiller(&Options::default());
-    let err = reconcile::run(&fulfiller, Some(Duration::from_secs(31 * 86_400)))
-        .await
-        .unwrap_err();
+    let services = world.services(&Options::default());
+    let err = reconcile::run(
+        &services.fulfiller,
+        &services.pool,
+        Some(Duration::from_secs(31 * 86_400)),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("30 days"), "{err}");
 }
 

@@ -30,6 +30,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_fake/sessions/{id}/refunds", web::post().to(refund))
         .route("/_fake/sessions/{id}/disputes", web::post().to(dispute))
         .route("/_fake/disputes/{id}/close", web::post().to(close_dispute))
+        .route("/_fake/disputes/{id}", web::post().to(update_dispute))
+        .route("/_fake/refunds/{id}", web::post().to(update_refund))
         .route("/_fake/events/{id}", web::get().to(get_event))
         .route("/_fake/knobs", web::get().to(get_knobs))
         .route("/_fake/knobs", web::put().to(put_knobs))
@@ -116,6 +118,9 @@ async fn create_event(
 #[derive(Deserialize)]
 struct RefundRequest {
     amount: Option<i64>,
+    /// The refund's initial status; `succeeded` by default.
+    #[serde(default)]
+    status: Option<String>,
 }
 
 fn event_reply(
@@ -136,8 +141,9 @@ async fn refund(
     path: web::Path<String>,
     body: Option<web::Json<RefundRequest>>,
 ) -> HttpResponse {
-    let amount = body.and_then(|b| b.amount);
-    match state.refund_session(&path.into_inner(), amount) {
+    let (amount, status) = body.map_or((None, None), |b| (b.amount, b.status.clone()));
+    let status = status.as_deref().unwrap_or("succeeded");
+    match state.refund_session_with(&path.into_inner(), amount, status) {
         Ok((id, event_id, bytes)) => event_reply("refund", Some(id), event_id, &bytes),
         Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
     }
@@ -162,6 +168,40 @@ async fn close_dispute(
 ) -> HttpResponse {
     match state.close_dispute(&path.into_inner(), &body.status) {
         Ok((event_id, bytes)) => event_reply("dispute", None, event_id, &bytes),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
+    }
+}
+
+#[derive(Deserialize)]
+struct DisputeUpdate {
+    status: String,
+    /// The event to record; `charge.dispute.updated` by default.
+    #[serde(default)]
+    event_type: Option<String>,
+}
+
+async fn update_dispute(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<DisputeUpdate>,
+) -> HttpResponse {
+    let event_type = body
+        .event_type
+        .clone()
+        .unwrap_or_else(|| "charge.dispute.updated".to_owned());
+    match state.set_dispute_status(&path.into_inner(), &body.status, &event_type) {
+        Ok((event_id, bytes)) => event_reply("dispute", None, event_id, &bytes),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
+    }
+}
+
+async fn update_refund(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    body: web::Json<CloseRequest>,
+) -> HttpResponse {
+    match state.set_refund_status(&path.into_inner(), &body.status) {
+        Ok((event_id, bytes)) => event_reply("refund", None, event_id, &bytes),
         Err(e) => HttpResponse::BadRequest().json(json!({"error": e})),
     }
 }

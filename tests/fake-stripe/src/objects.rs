@@ -218,6 +218,7 @@ pub fn refund_json(
     payment_intent: &str,
     amount: i64,
     created: i64,
+    status: &str,
 ) -> Value {
     let mut v = fixture(REFUND);
     set(&mut v, "id", json!(id));
@@ -225,7 +226,7 @@ pub fn refund_json(
     set(&mut v, "payment_intent", json!(payment_intent));
     set(&mut v, "amount", json!(amount));
     set(&mut v, "created", json!(created));
-    set(&mut v, "status", json!("succeeded"));
+    set(&mut v, "status", json!(status));
     v
 }
 

@@ -28,6 +28,8 @@ pub(crate) fn build(listener: TcpListener, state: Arc<State>) -> std::io::Result
             .route("/v1/events", web::get().to(list_events))
             .route("/v1/charges/{id}", web::get().to(retrieve_charge))
             .route("/v1/refunds", web::get().to(list_refunds))
+            .route("/v1/refunds/{id}", web::get().to(retrieve_refund))
+            .route("/v1/disputes", web::get().to(list_disputes))
             .route("/v1/disputes/{id}", web::get().to(retrieve_dispute))
             .configure(control::configure)
     })
@@ -215,6 +217,13 @@ async fn retrieve_session(
             &format!("/v1/checkout/sessions/{id}/line_items"),
         );
     }
+    if expand
+        .iter()
+        .any(|e| *e == "payment_intent" || e.starts_with("payment_intent."))
+    {
+        let expand_charge = expand.contains(&"payment_intent.latest_charge");
+        body["payment_intent"] = state.payment_intent_json(&session, expand_charge);
+    }
     state.count(|s| {
         s.session_fetches += 1;
         *s.fetches_by_session.entry(id.clone()).or_default() += 1;
@@ -324,6 +333,33 @@ async fn retrieve_dispute(
     path: web::Path<String>,
 ) -> HttpResponse {
     retrieve(&req, &state, &path, "dispute", State::dispute_json).await
+}
+
+async fn retrieve_refund(
+    req: HttpRequest,
+    state: web::Data<State>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    retrieve(&req, &state, &path, "refund", State::refund_json).await
+}
+
+/// `GET /v1/disputes?charge=…`, newest first.
+async fn list_disputes(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Err(r) = gate(&state, &req).await {
+        return r;
+    }
+    let pairs = query_pairs(req.query_string());
+    let limit = match limit(&pairs) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let disputes = match value(&pairs, "charge") {
+        Some(charge) => state.disputes_json(charge),
+        None => Vec::new(),
+    };
+    let (data, has_more) = page(disputes, &pairs, limit);
+    state.count(|s| s.other_fetches += 1);
+    HttpResponse::Ok().json(list_json(data, has_more, "/v1/disputes"))
 }
 
 /// `GET /v1/refunds?charge=…`, newest first.

@@ -157,6 +157,26 @@ struct Refund {
     payment_intent: String,
     amount: i64,
     created: i64,
+    /// `pending`, `succeeded`, `failed`, `canceled`, `requires_action`.
+    status: String,
+}
+
+impl Refund {
+    /// Failed and canceled refunds give the money back to the merchant.
+    fn counts(&self) -> bool {
+        !matches!(self.status.as_str(), "failed" | "canceled")
+    }
+
+    fn to_json(&self) -> Value {
+        objects::refund_json(
+            &self.id,
+            &self.charge,
+            &self.payment_intent,
+            self.amount,
+            self.created,
+            &self.status,
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -445,7 +465,7 @@ impl State {
         let refunded: i64 = inner
             .refunds
             .iter()
-            .filter(|r| r.charge == charge)
+            .filter(|r| r.charge == charge && r.counts())
             .map(|r| r.amount)
             .sum();
         let mut v = objects::charge_json(
@@ -469,10 +489,52 @@ impl State {
             .refunds
             .iter()
             .filter(|r| r.charge == charge)
-            .map(|r| objects::refund_json(&r.id, &r.charge, &r.payment_intent, r.amount, r.created))
+            .map(Refund::to_json)
             .collect();
         out.reverse();
         out
+    }
+
+    pub(crate) fn refund_json(&self, id: &str) -> Option<Value> {
+        self.lock()
+            .refunds
+            .iter()
+            .find(|r| r.id == id)
+            .map(Refund::to_json)
+    }
+
+    /// Disputes of a charge, newest first.
+    pub(crate) fn disputes_json(&self, charge: &str) -> Vec<Value> {
+        let ids: Vec<String> = self
+            .lock()
+            .disputes
+            .iter()
+            .rev()
+            .filter(|d| d.charge == charge)
+            .map(|d| d.id.clone())
+            .collect();
+        ids.iter().filter_map(|id| self.dispute_json(id)).collect()
+    }
+
+    /// The session's PaymentIntent as `expand[]=payment_intent` shows it; its latest
+    /// charge (once paid) expanded with `payment_intent.latest_charge`.
+    pub(crate) fn payment_intent_json(&self, session: &Session, expand_charge: bool) -> Value {
+        let paid = session.payment_status == "paid";
+        let charge = Self::charge_id(&session.payment_intent);
+        let latest_charge = match (paid, expand_charge) {
+            (false, _) => Value::Null,
+            (true, false) => json!(charge),
+            (true, true) => self.charge_json(&charge).unwrap_or(Value::Null),
+        };
+        json!({
+            "id": session.payment_intent,
+            "object": "payment_intent",
+            "amount": session.amount_total,
+            "currency": session.currency,
+            "status": if paid { "succeeded" } else { "processing" },
+            "latest_charge": latest_charge,
+            "livemode": session.livemode,
+        })
     }
 
     pub(crate) fn dispute_json(&self, id: &str) -> Option<Value> {
@@ -495,6 +557,17 @@ impl State {
         session_id: &str,
         amount: Option<i64>,
     ) -> Result<(String, String, Vec<u8>), String> {
+        self.refund_session_with(session_id, amount, "succeeded")
+    }
+
+    /// [`Self::refund_session`] with the refund's initial status (`pending` for bank
+    /// refunds that settle later).
+    pub fn refund_session_with(
+        &self,
+        session_id: &str,
+        amount: Option<i64>,
+        status: &str,
+    ) -> Result<(String, String, Vec<u8>), String> {
         let session = self.session(session_id).ok_or("no such session")?;
         let charge = Self::charge_id(&session.payment_intent);
         let id = random_id("re_", 24);
@@ -503,7 +576,7 @@ impl State {
             let refunded: i64 = inner
                 .refunds
                 .iter()
-                .filter(|r| r.charge == charge)
+                .filter(|r| r.charge == charge && r.counts())
                 .map(|r| r.amount)
                 .sum();
             let left = session.amount_total - refunded;
@@ -522,6 +595,7 @@ impl State {
                 payment_intent: session.payment_intent.clone(),
                 amount,
                 created,
+                status: status.to_owned(),
             });
         }
         let object = self.charge_json(&charge).ok_or("charge vanished")?;
@@ -546,6 +620,47 @@ impl State {
         let object = self.dispute_json(&id).ok_or("dispute vanished")?;
         let (event_id, body) = self.record_event("charge.dispute.created", object);
         Ok((id, event_id, body))
+    }
+
+    /// Moves a refund to `status` (e.g. `failed` after it was sent) and records
+    /// `charge.refund.updated`. Returns `(event id, event body)`.
+    pub fn set_refund_status(
+        &self,
+        refund_id: &str,
+        status: &str,
+    ) -> Result<(String, Vec<u8>), String> {
+        {
+            let mut inner = self.lock();
+            let r = inner
+                .refunds
+                .iter_mut()
+                .find(|r| r.id == refund_id)
+                .ok_or("no such refund")?;
+            r.status = status.to_owned();
+        }
+        let object = self.refund_json(refund_id).ok_or("refund vanished")?;
+        Ok(self.record_event("charge.refund.updated", object))
+    }
+
+    /// Moves a dispute to `status` and records `event_type` (`charge.dispute.updated`,
+    /// `.funds_withdrawn`, `.funds_reinstated`, `.closed`).
+    pub fn set_dispute_status(
+        &self,
+        dispute_id: &str,
+        status: &str,
+        event_type: &str,
+    ) -> Result<(String, Vec<u8>), String> {
+        {
+            let mut inner = self.lock();
+            let d = inner
+                .disputes
+                .iter_mut()
+                .find(|d| d.id == dispute_id)
+                .ok_or("no such dispute")?;
+            d.status = status.to_owned();
+        }
+        let object = self.dispute_json(dispute_id).ok_or("dispute vanished")?;
+        Ok(self.record_event(event_type, object))
     }
 
     /// Closes a dispute as `won` or `lost` and records `charge.dispute.closed`.

@@ -1,4 +1,4 @@
-//! The credits rule of ../shared/CONTRACT.md, as a pure function of the refetched session.
+//! The credits rule (README, "Credits rule"), as a pure function of the refetched session.
 //!
 //! - Who: `client_reference_id`, else `metadata.user_id`.
 //! - How many: Σ quantity × credits per unit, where credits per unit is
@@ -11,8 +11,9 @@
 
 use shared::ids::UserId;
 
-use crate::stripe::checkout_session::{
-    CheckoutSession, Expandable, LineItem, PaymentStatus, SessionStatus,
+use crate::stripe::{
+    checkout_session::{CheckoutSession, LineItem, PaymentStatus, SessionStatus},
+    list::Expandable,
 };
 
 /// The most credits one unit may carry; a guard against typos like "10000000000".
@@ -24,8 +25,9 @@ pub enum Decision {
     Credit { user: UserId, credits: i64 },
     /// Paid, but the session cannot be credited as it is.
     NeedsAttention { reason: String },
-    /// Not paid (yet): open, or complete with an async payment still pending.
-    NotYetPaid,
+    /// Not paid (yet): open (`complete: false`), or complete with an async payment still
+    /// pending or failed (`complete: true`).
+    NotYetPaid { complete: bool },
     /// The session expired unpaid.
     Expired,
 }
@@ -35,12 +37,14 @@ pub fn decide(session: &CheckoutSession) -> Decision {
         Some(SessionStatus::Complete) => {}
         Some(SessionStatus::Expired) => return Decision::Expired,
         Some(SessionStatus::Open) | Some(SessionStatus::Unknown) | None => {
-            return Decision::NotYetPaid;
+            return Decision::NotYetPaid { complete: false };
         }
     }
     match session.payment_status {
         PaymentStatus::Paid | PaymentStatus::NoPaymentRequired => {}
-        PaymentStatus::Unpaid | PaymentStatus::Unknown => return Decision::NotYetPaid,
+        PaymentStatus::Unpaid | PaymentStatus::Unknown => {
+            return Decision::NotYetPaid { complete: true };
+        }
     }
     match credit(session) {
         Ok((user, credits)) => Decision::Credit { user, credits },
@@ -321,14 +325,14 @@ mod tests {
     fn credits_nothing_when_payment_status_is_unpaid() {
         let mut s = session(Some("alice"), vec![item("li_1", 1, Some("1"), None)]);
         s["payment_status"] = json!("unpaid");
-        assert_eq!(decide_json(s), Decision::NotYetPaid);
+        assert_eq!(decide_json(s), Decision::NotYetPaid { complete: true });
     }
 
     #[test]
     fn credits_nothing_while_open() {
         let mut s = session(Some("alice"), vec![item("li_1", 1, Some("1"), None)]);
         s["status"] = json!("open");
-        assert_eq!(decide_json(s), Decision::NotYetPaid);
+        assert_eq!(decide_json(s), Decision::NotYetPaid { complete: false });
     }
 
     #[test]

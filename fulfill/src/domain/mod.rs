@@ -1,0 +1,19 @@
+//! fulfill's decisions, as plain functions over plain data: no async, no IO.
+//!
+//! - [`credits`]: the credits rule (who, how many, when) of a refetched session;
+//! - [`target`]: what a session's ledger should hold given its money side now, and the
+//!   delta entries that get it there;
+//! - [`session`]: the session's states, their transitions, and the plan one view makes;
+//! - [`cue`]: what set a convergence off, and whether a view answers it;
+//! - [`settlement`]: ack, retry or dead-letter a delivery.
+//!
+//! The orchestrator (`crate::fulfillment`) is fetch → decide here → persist → settle.
+
+pub mod credits;
+pub mod cue;
+pub mod session;
+pub mod settlement;
+pub mod target;
+
+#[cfg(test)]
+mod convergence;

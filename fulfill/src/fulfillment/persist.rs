@@ -1,0 +1,217 @@
+//! The transaction of one convergence: lock the session row, refuse a stale view, plan
+//! (pure), write the delta entries and the session's new state, record the event.
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncPgConnection;
+use shared::ids::CheckoutSessionId;
+
+use super::{EventRef, FulfillmentState, LedgerChange};
+use crate::{
+    db::{
+        self,
+        ledger::{self, NewEntry},
+        sessions::{self, SessionState, SessionUpdate},
+    },
+    domain::{
+        credits::Decision,
+        cue::Cue,
+        session::{self, Recorded},
+        target::{Component, MoneyView, RefundPolicy},
+    },
+    error::FulfillError,
+    stripe::checkout_session::{CheckoutSession, SessionStatus},
+};
+
+/// One fresh view of a session and when its fetch started.
+pub(super) struct View<'a> {
+    pub session: &'a CheckoutSession,
+    pub decision: &'a Decision,
+    pub money: Option<&'a MoneyView>,
+    pub started: DateTime<Utc>,
+}
+
+pub(super) struct Persisted {
+    pub state: FulfillmentState,
+    pub change: LedgerChange,
+    /// Credits added by purchase entries now.
+    pub granted: i64,
+    /// Credits taken back (positive) or given back (negative) now.
+    pub taken_back: i64,
+    pub newly_needs_attention: bool,
+}
+
+pub(super) async fn apply(
+    conn: &mut AsyncPgConnection,
+    session_id: &CheckoutSessionId,
+    view: &View<'_>,
+    cue: &Cue,
+    event: Option<EventRef<'_>>,
+    policy: RefundPolicy,
+) -> Result<Persisted, FulfillError> {
+    let row = sessions::lock_or_create(conn, session_id.as_str()).await?;
+    let event_id = event.map(|e| e.id.as_str());
+    let object_id = match cue {
+        Cue::Money { object_id, .. } => Some(object_id.as_str()),
+        _ => None,
+    };
+    // Another view, fetched after this one started, is applied already: it is at least
+    // as new as anything this one could say, and as new as the cue that set it off.
+    if row
+        .view_started_at
+        .is_some_and(|applied| applied > view.started)
+    {
+        sessions::release_fetch(conn, session_id.as_str()).await?;
+        let persisted = Persisted {
+            state: FulfillmentState::from_row(&row, false),
+            change: LedgerChange::StaleView,
+            granted: 0,
+            taken_back: 0,
+            newly_needs_attention: false,
+        };
+        record_event(conn, session_id, event, &persisted).await?;
+        return Ok(persisted);
+    }
+
+    let applied = ledger::applied(conn, session_id.as_str()).await?;
+    let recorded = Recorded {
+        state: row.state,
+        credited: (row.state == SessionState::Credited)
+            .then_some(row.credits)
+            .flatten(),
+        applied: applied.components,
+    };
+    let no_money = MoneyView::default();
+    let plan = session::plan(
+        &recorded,
+        view.decision,
+        view.money.unwrap_or(&no_money),
+        cue,
+        policy,
+    );
+    // The user of the session's entries: who it was credited to, or who it credits now.
+    let user = match (&row.user_id, view.decision) {
+        (Some(user), _) if row.state == SessionState::Credited => Some(user.clone()),
+        (_, Decision::Credit { user, .. }) => Some(user.as_str().to_owned()),
+        (user, _) => user.clone(),
+    };
+    let payment_intent = view.session.payment_intent.as_ref().map(|p| p.id());
+    let mut granted = 0;
+    let mut taken_back = 0;
+    if !plan.moves.is_empty() {
+        let Some(user) = user.as_deref() else {
+            return Err(FulfillError::Malformed(format!(
+                "session {session_id} has entries to write but no user"
+            )));
+        };
+        for m in &plan.moves {
+            let key = m.key(session_id.as_str(), applied.entries(m.component) + 1);
+            let written = ledger::append(
+                conn,
+                &NewEntry {
+                    user_id: user,
+                    delta: m.delta,
+                    reason: m.reason.as_str(),
+                    idempotency_key: &key,
+                    stripe_session_id: Some(session_id.as_str()),
+                    stripe_event_id: event_id,
+                    stripe_object_id: match m.component {
+                        Component::Purchase => payment_intent,
+                        Component::Refund | Component::Dispute => object_id.or(payment_intent),
+                    },
+                    component: Some(m.component),
+                },
+            )
+            .await?;
+            if !written {
+                // The row lock makes this unreachable; a unique key is the last guard.
+                return Err(FulfillError::Conflict(key));
+            }
+            match m.component {
+                Component::Purchase => granted += m.delta,
+                Component::Refund | Component::Dispute => taken_back -= m.delta,
+            }
+        }
+    }
+    let balance = match (&user, plan.moves.is_empty()) {
+        (Some(user), false) => Some(ledger::balance(conn, user).await?),
+        _ => None,
+    };
+    let balance_below_zero = balance.is_some_and(|b| b < 0);
+    let newly_credited =
+        row.state != SessionState::Credited && plan.state == SessionState::Credited;
+    let newly_needs_attention =
+        row.state != SessionState::NeedsAttention && plan.state == SessionState::NeedsAttention;
+    let reason = match view.decision {
+        Decision::NeedsAttention { reason } if plan.state == SessionState::NeedsAttention => {
+            Some(Some(reason.as_str()))
+        }
+        _ if plan.state == SessionState::Credited => Some(None),
+        _ => None,
+    };
+    let flag = balance_below_zero.then(|| {
+        format!(
+            "balance of {} is {} after taking back credits of this session",
+            user.as_deref().unwrap_or_default(),
+            balance.unwrap_or_default()
+        )
+    });
+    let update = SessionUpdate {
+        state: Some(plan.state),
+        user_id: newly_credited.then_some(user.as_deref()),
+        credits: newly_credited.then_some(Some(plan.target.purchase)),
+        reason,
+        stripe_status: view.session.status.map(SessionStatus::as_str),
+        payment_status: Some(view.session.payment_status.as_str()),
+        payment_intent_id: payment_intent,
+        amount_total: view.session.amount_total,
+        currency: view.session.currency.as_deref(),
+        livemode: Some(view.session.livemode),
+        last_event_id: event_id,
+        reversed_credits: Some(plan.target.refunded + plan.target.disputed),
+        attention: if plan.moves.is_empty() {
+            None
+        } else {
+            Some(flag.as_deref())
+        },
+        view_started_at: Some(view.started),
+    };
+    let row = sessions::update(conn, session_id.as_str(), &update).await?;
+    sessions::release_fetch(conn, session_id.as_str()).await?;
+    let change = match (plan.moves.is_empty(), balance_below_zero) {
+        (true, _) => LedgerChange::None,
+        (false, false) => LedgerChange::Moved,
+        (false, true) => LedgerChange::MovedBelowZero,
+    };
+    let persisted = Persisted {
+        state: FulfillmentState::from_row(&row, newly_credited),
+        change,
+        granted,
+        taken_back,
+        newly_needs_attention,
+    };
+    record_event(conn, session_id, event, &persisted).await?;
+    Ok(persisted)
+}
+
+async fn record_event(
+    conn: &mut AsyncPgConnection,
+    session_id: &CheckoutSessionId,
+    event: Option<EventRef<'_>>,
+    persisted: &Persisted,
+) -> Result<(), FulfillError> {
+    if let Some(e) = event {
+        let outcome = super::EventOutcome::Converged {
+            state: persisted.state.clone(),
+            change: persisted.change,
+        };
+        db::events::record(
+            conn,
+            e.id.as_str(),
+            e.event_type.as_str(),
+            Some(session_id.as_str()),
+            outcome.label(),
+        )
+        .await?;
+    }
+    Ok(())
+}
