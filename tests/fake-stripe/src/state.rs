@@ -503,6 +503,31 @@ impl State {
             .map(Refund::to_json)
     }
 
+    /// The PaymentIntent id of a session (tests compute expectations from it).
+    pub fn payment_intent_of(&self, session_id: &str) -> Option<String> {
+        self.session(session_id).map(|s| s.payment_intent)
+    }
+
+    /// A charge's money side now: the amount of refunds that count, and whether a
+    /// dispute withdraws its funds (open or lost).
+    pub fn money_of(&self, charge: &str) -> (i64, bool) {
+        let inner = self.lock();
+        let refunded = inner
+            .refunds
+            .iter()
+            .filter(|r| r.charge == charge && r.counts())
+            .map(|r| r.amount)
+            .sum();
+        let withdrawn = inner.disputes.iter().any(|d| {
+            d.charge == charge
+                && matches!(
+                    d.status.as_str(),
+                    "needs_response" | "under_review" | "lost"
+                )
+        });
+        (refunded, withdrawn)
+    }
+
     /// Disputes of a charge, newest first.
     pub(crate) fn disputes_json(&self, charge: &str) -> Vec<Value> {
         let ids: Vec<String> = self
