@@ -3,14 +3,7 @@
 //! and stop consuming → finish in-flight requests and deliveries → close the broker
 //! connection.
 
-use std::{
-    net::TcpListener,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 use secrecy::SecretString;
@@ -20,30 +13,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     consumer::Consumer,
-    db::{self, Pool},
-    fulfillment::Fulfiller,
-    http,
-    metrics::Metrics,
+    db,
+    http::{self, AppState},
     services::Services,
 };
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long start-up keeps retrying migrations while PostgreSQL is unreachable.
 const MIGRATION_PATIENCE: Duration = Duration::from_secs(60);
-
-pub struct AppState {
-    pub pool: Pool,
-    pub fulfiller: Arc<Fulfiller>,
-    pub api_token: Option<SecretString>,
-    pub metrics: Arc<Metrics>,
-    consumer_connected: Arc<AtomicBool>,
-}
-
-impl AppState {
-    pub fn consumer_connected(&self) -> bool {
-        self.consumer_connected.load(Ordering::SeqCst)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -93,13 +70,13 @@ impl Application {
                 background.clone(),
             ));
         }
-        let state = web::Data::new(AppState {
+        let state = web::Data::new(AppState::new(
             pool,
             fulfiller,
-            api_token: config.api_token.clone(),
+            config.api_token.clone(),
             metrics,
-            consumer_connected: consumer.connected_flag(),
-        });
+            consumer.connected_flag(),
+        ));
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(server_span))

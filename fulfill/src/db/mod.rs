@@ -6,6 +6,7 @@
 //! runtime without sizing a blocking thread pool to the connection count, and it needs no
 //! libpq. Query functions take `&mut AsyncPgConnection` so the caller owns the transaction.
 
+pub mod budget;
 pub mod cursors;
 pub mod events;
 pub mod ledger;
@@ -42,6 +43,18 @@ pub fn transaction_span() -> tracing::Span {
         db.system.name = "postgresql",
         error.type = tracing::field::Empty,
     )
+}
+
+/// Whether the database answers (readiness).
+pub async fn ping(pool: &Pool) -> bool {
+    match pool.get().await {
+        Ok(mut conn) => {
+            diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut conn)
+                .await
+                .is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 /// A pool that connects lazily: start-up does not fail while PostgreSQL is restarting.

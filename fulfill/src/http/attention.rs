@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
 use super::Authorized;
-use crate::{db::sessions, error::ApiError, startup::AppState};
+use crate::{db::sessions, error::ApiError, http::AppState};
 
 #[derive(Deserialize)]
 pub struct Page {

@@ -6,7 +6,7 @@ use std::future::{Ready, ready};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use secrecy::ExposeSecret;
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, http::AppState};
 
 /// Present in a handler's arguments: the request passed the token check.
 pub struct Authorized;

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use super::Authorized;
-use crate::{db::ledger, error::ApiError, startup::AppState};
+use crate::{db::ledger, error::ApiError, http::AppState};
 
 pub async fn balance(
     _: Authorized,

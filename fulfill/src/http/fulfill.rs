@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use shared::ids::CheckoutSessionId;
 
 use super::Authorized;
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, http::AppState};
 
 fn session_id(raw: String) -> Result<CheckoutSessionId, ApiError> {
     CheckoutSessionId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))

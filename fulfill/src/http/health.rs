@@ -1,10 +1,9 @@
 //! Liveness and readiness (broker + database).
 
 use actix_web::{HttpResponse, web};
-use diesel_async::RunQueryDsl;
 use serde_json::json;
 
-use crate::startup::AppState;
+use crate::http::AppState;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -12,13 +11,7 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker = state.consumer_connected();
-    let database = match state.pool.get().await {
-        Ok(mut conn) => diesel::sql_query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .is_ok(),
-        Err(_) => false,
-    };
+    let database = crate::db::ping(&state.pool).await;
     let body = json!({
         "status": if broker && database { "ready" } else { "not_ready" },
         "broker": if broker { "up" } else { "down" },

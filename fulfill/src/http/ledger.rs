@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
 use super::Authorized;
-use crate::{db::ledger, error::ApiError, startup::AppState};
+use crate::{db::ledger, error::ApiError, http::AppState};
 
 #[derive(Deserialize)]
 pub struct Page {

@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use shared::telemetry::metrics::{CONTENT_TYPE, render};
 
-use crate::startup::AppState;
+use crate::http::AppState;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()

@@ -8,8 +8,48 @@ mod health;
 mod ledger;
 mod metrics;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use actix_web::web;
 pub use auth::Authorized;
+use secrecy::SecretString;
+
+use crate::{db::Pool, fulfillment::Fulfiller, metrics::Metrics};
+
+/// What every handler may use.
+pub struct AppState {
+    pub pool: Pool,
+    pub fulfiller: Arc<Fulfiller>,
+    pub api_token: Option<SecretString>,
+    pub metrics: Arc<Metrics>,
+    consumer_connected: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(
+        pool: Pool,
+        fulfiller: Arc<Fulfiller>,
+        api_token: Option<SecretString>,
+        metrics: Arc<Metrics>,
+        consumer_connected: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            pool,
+            fulfiller,
+            api_token,
+            metrics,
+            consumer_connected,
+        }
+    }
+
+    /// True while the consumer is connected to the broker.
+    pub fn consumer_connected(&self) -> bool {
+        self.consumer_connected.load(Ordering::SeqCst)
+    }
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/users/{user_id}/balance", web::get().to(balance::balance))

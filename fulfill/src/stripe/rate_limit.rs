@@ -15,12 +15,10 @@
 
 use std::time::Duration;
 
-use diesel::{QueryableByName, sql_types::Double};
-use diesel_async::RunQueryDsl;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::StripeError;
-use crate::db::Pool;
+use crate::db::{Pool, budget};
 
 #[derive(Debug)]
 pub enum RateLimiter {
@@ -41,12 +39,6 @@ fn interval(per_second: f64) -> Duration {
         1.0
     };
     Duration::from_secs_f64(1.0 / per_second)
-}
-
-#[derive(QueryableByName)]
-struct Wait {
-    #[diesel(sql_type = Double)]
-    wait_secs: f64,
 }
 
 impl RateLimiter {
@@ -81,17 +73,9 @@ impl RateLimiter {
                     .get()
                     .await
                     .map_err(|e| StripeError::Budget(e.to_string()))?;
-                let row: Wait = diesel::sql_query(
-                    "UPDATE stripe_rate_budget \
-                     SET next_slot = GREATEST(next_slot, clock_timestamp()) + make_interval(secs => $1) \
-                     WHERE name = 'stripe' \
-                     RETURNING EXTRACT(EPOCH FROM (next_slot - make_interval(secs => $1) - clock_timestamp()))::float8 AS wait_secs",
-                )
-                .bind::<Double, _>(interval.as_secs_f64())
-                .get_result(&mut conn)
-                .await
-                .map_err(|e| StripeError::Budget(e.to_string()))?;
-                Duration::from_secs_f64(row.wait_secs.max(0.0))
+                budget::take_slot(&mut conn, *interval)
+                    .await
+                    .map_err(|e| StripeError::Budget(e.to_string()))?
             }
         };
         if !wait.is_zero() {
@@ -109,14 +93,7 @@ impl RateLimiter {
             }
             Self::Shared { pool, .. } => {
                 if let Ok(mut conn) = pool.get().await {
-                    let _ = diesel::sql_query(
-                        "UPDATE stripe_rate_budget \
-                         SET next_slot = GREATEST(next_slot, clock_timestamp() + make_interval(secs => $1)) \
-                         WHERE name = 'stripe'",
-                    )
-                    .bind::<Double, _>(pause.as_secs_f64())
-                    .execute(&mut conn)
-                    .await;
+                    let _ = budget::pause(&mut conn, pause).await;
                 }
             }
         }
