@@ -85,7 +85,7 @@ async fn reconcile_once(since: Option<String>) -> anyhow::Result<()> {
         .await
         .context("migrations failed")?;
     let services = Services::build(&config)?;
-    let report = reconcile::run(&services.fulfiller, &services.pool, since).await?;
+    let report = reconcile::run(&services, since).await?;
     println!("{report}");
     if report.errors > 0 {
         anyhow::bail!("{} items failed; run again to retry them", report.errors);

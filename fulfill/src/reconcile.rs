@@ -18,6 +18,7 @@ use crate::{
     db::{Pool, cursors, locks, sessions::SessionState},
     error::{FulfillError, error_chain},
     fulfillment::{EventOutcome, Fulfiller},
+    services::Services,
     stripe::list::{HasId, Pager},
 };
 
@@ -98,11 +99,8 @@ fn secs(d: Duration) -> i64 {
 
 /// Runs one reconciliation over `since` (or from the stored cursor) and advances the
 /// cursor when every item went through.
-pub async fn run(
-    fulfiller: &Fulfiller,
-    pool: &Pool,
-    since: Option<Duration>,
-) -> Result<Report, ReconcileError> {
+pub async fn run(services: &Services, since: Option<Duration>) -> Result<Report, ReconcileError> {
+    let pool = &services.pool;
     if let Some(s) = since
         && s > MAX_LOOKBACK
     {
@@ -121,18 +119,18 @@ pub async fn run(
         ..Report::default()
     };
     let created = created_gte.to_string();
-    events(fulfiller, &created, &mut report).await?;
-    sessions(fulfiller, &created, &mut report).await?;
-    pending(fulfiller, &mut report).await?;
+    events(services, &created, &mut report).await?;
+    sessions(services, &created, &mut report).await?;
+    pending(&services.fulfiller, &mut report).await?;
     if report.errors == 0 {
         write_cursor(pool, started).await?;
     }
-    fulfiller.metrics().reconcile_healed.inc_by(report.healed);
+    services.metrics.reconcile_healed.inc_by(report.healed);
     Ok(report)
 }
 
 async fn events(
-    fulfiller: &Fulfiller,
+    services: &Services,
     created_gte: &str,
     report: &mut Report,
 ) -> Result<(), ReconcileError> {
@@ -140,7 +138,7 @@ async fn events(
         .map(|t| ("types[]", t))
         .collect();
     query.push(("created[gte]", created_gte));
-    let mut pager = Pager::new(fulfiller.stripe(), "events.list", "/v1/events", &query);
+    let mut pager = Pager::new(&services.stripe, "events.list", "/v1/events", &query);
     while let Some(page) = pager
         .next_page::<serde_json::Value>()
         .await
@@ -149,7 +147,7 @@ async fn events(
         for event in page {
             report.events += 1;
             let body = serde_json::to_vec(&event).unwrap_or_default();
-            match fulfiller.handle_event(&body).await {
+            match services.fulfiller.handle_event(&body).await {
                 Ok(EventOutcome::Duplicate) | Ok(EventOutcome::AlreadySettled(_)) => {}
                 Ok(outcome) => {
                     report.events_new += 1;
@@ -174,7 +172,7 @@ fn count(report: &mut Report, outcome: &EventOutcome) {
 }
 
 async fn sessions(
-    fulfiller: &Fulfiller,
+    services: &Services,
     created_gte: &str,
     report: &mut Report,
 ) -> Result<(), ReconcileError> {
@@ -188,8 +186,9 @@ async fn sessions(
         }
     }
     let query = [("status", "complete"), ("created[gte]", created_gte)];
+    let fulfiller = &services.fulfiller;
     let mut pager = Pager::new(
-        fulfiller.stripe(),
+        &services.stripe,
         "checkout_sessions.list",
         "/v1/checkout/sessions",
         &query,
@@ -260,8 +259,7 @@ async fn write_cursor(pool: &Pool, created_gte: i64) -> Result<(), FulfillError>
 /// The background loop (`FULFILL_RECONCILE_INTERVAL_SECS`): one process at a time runs it,
 /// under a PostgreSQL advisory lock.
 pub async fn run_periodically(
-    fulfiller: std::sync::Arc<Fulfiller>,
-    pool: Pool,
+    services: Services,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -270,7 +268,7 @@ pub async fn run_periodically(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let Ok(mut conn) = pool.get_owned().await else {
+        let Ok(mut conn) = services.pool.get_owned().await else {
             continue;
         };
         if !locks::try_lock(&mut conn, locks::RECONCILE)
@@ -279,7 +277,7 @@ pub async fn run_periodically(
         {
             continue;
         }
-        match run(&fulfiller, &pool, None).await {
+        match run(&services, None).await {
             Ok(report) => tracing::info!(%report, "background reconciliation done"),
             Err(e) => tracing::warn!(error = %error_chain(&e), "background reconciliation failed"),
         }

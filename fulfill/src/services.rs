@@ -12,9 +12,12 @@ use crate::{
     stripe::{RateLimiter, StripeClient},
 };
 
+#[derive(Clone)]
 pub struct Services {
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
+    /// For what is not one session's fulfillment (reconciliation's lists).
+    pub stripe: StripeClient,
     pub fulfiller: Arc<Fulfiller>,
 }
 
@@ -27,13 +30,14 @@ impl Services {
         let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
         let fulfiller = Arc::new(Fulfiller::new(
             pool.clone(),
-            stripe,
+            stripe.clone(),
             Arc::clone(&metrics),
             config.refund_policy,
         ));
         Ok(Self {
             pool,
             metrics,
+            stripe,
             fulfiller,
         })
     }

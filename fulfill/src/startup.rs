@@ -46,11 +46,13 @@ impl Application {
         migrate_with_patience(&config.database_url).await?;
         let listener = TcpListener::bind(config.addr)?;
         let port = listener.local_addr()?.port();
+        let services = Services::build(&config)?;
         let Services {
             pool,
             metrics,
             fulfiller,
-        } = Services::build(&config)?;
+            ..
+        } = services.clone();
         let metrics_export = otlp_metrics::spawn("fulfill", config.telemetry.metrics.as_ref(), {
             let metrics = Arc::clone(&metrics);
             move || render(&metrics.registry)
@@ -64,8 +66,7 @@ impl Application {
         let background = CancellationToken::new();
         if let Some(every) = config.reconcile_interval {
             tokio::spawn(crate::reconcile::run_periodically(
-                Arc::clone(&fulfiller),
-                pool.clone(),
+                services,
                 every,
                 background.clone(),
             ));

@@ -171,14 +171,6 @@ impl Fulfiller {
         }
     }
 
-    pub fn stripe(&self) -> &StripeClient {
-        &self.stripe
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Handles one event from the queue.
     #[tracing::instrument(
         name = "fulfill.event",

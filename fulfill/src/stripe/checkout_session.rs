@@ -4,8 +4,6 @@
 //! unknown fields are ignored, unknown enum values map to `Unknown`, and fields that
 //! older API versions lack are optional (see tests/fixtures/stripe/README.md on drift).
 
-use std::collections::HashMap;
-
 use serde::Deserialize;
 use shared::ids::CheckoutSessionId;
 
@@ -58,40 +56,7 @@ impl PaymentStatus {
     }
 }
 
-/// Stripe metadata: string keys to string values.
-pub type Metadata = HashMap<String, String>;
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Product {
-    pub id: String,
-    #[serde(default)]
-    pub metadata: Option<Metadata>,
-}
-
-impl HasId for Product {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Price {
-    pub id: String,
-    #[serde(default)]
-    pub metadata: Option<Metadata>,
-    pub product: Expandable<Product>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct LineItem {
-    pub id: String,
-    #[serde(default)]
-    pub quantity: Option<i64>,
-    #[serde(default)]
-    pub price: Option<Price>,
-    #[serde(default)]
-    pub description: Option<String>,
-}
+pub use super::line_items::{LineItem, Metadata, Price, Product};
 
 /// The session's PaymentIntent, expanded with its latest charge: whether money went back
 /// (`amount_refunded`, `disputed`) is known from the one session retrieve.

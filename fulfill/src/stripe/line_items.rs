@@ -1,15 +1,52 @@
 //! Reading every line item of a session: `GET /v1/checkout/sessions/{id}/line_items`,
 //! paged after the last item of the expanded first page, only when it says `has_more`.
 
+use std::collections::HashMap;
+
+use serde::Deserialize;
 use shared::ids::CheckoutSessionId;
 
 use super::{
     StripeClient, StripeError,
-    checkout_session::LineItem,
-    list::{self, List, Pager},
+    list::{self, Expandable, HasId, List, Pager},
 };
 
-impl list::HasId for LineItem {
+/// Stripe metadata: string keys to string values.
+pub type Metadata = HashMap<String, String>;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Product {
+    pub id: String,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+impl HasId for Product {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Price {
+    pub id: String,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    pub product: Expandable<Product>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LineItem {
+    pub id: String,
+    #[serde(default)]
+    pub quantity: Option<i64>,
+    #[serde(default)]
+    pub price: Option<Price>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl HasId for LineItem {
     fn id(&self) -> &str {
         &self.id
     }

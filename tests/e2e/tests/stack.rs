@@ -292,6 +292,141 @@ async fn signed_purchases_through_the_real_binaries_credit_exactly() {
     stack.stop();
 }
 
+/// One user's history for the reversal run: what happens at Stripe, and the balance that
+/// Stripe's final state implies (a 10-credit pack priced 900).
+struct Reversals {
+    user: String,
+    bodies: Vec<Vec<u8>>,
+    expected: i64,
+}
+
+impl Stack {
+    /// Builds a random history at the fake Stripe: a purchase (async for some, its success
+    /// arriving late), 0-3 refunds (some pending then failed), maybe a dispute won or lost.
+    async fn reversal_history(&self, user: &str, rng: &mut impl rand::Rng) -> Reversals {
+        let is_async = rng.random_bool(0.3);
+        let s = self
+            .session(
+                user,
+                "price_pack_10",
+                1,
+                if is_async { "unpaid" } else { "paid" },
+            )
+            .await;
+        let mut bodies = vec![self.event(&s, COMPLETED).await];
+        if is_async {
+            self.fake(
+                &format!("/_fake/sessions/{s}"),
+                json!({"payment_status": "paid"}),
+            )
+            .await;
+            bodies.push(
+                self.event(&s, "checkout.session.async_payment_succeeded")
+                    .await,
+            );
+        }
+        let mut refunded = 0;
+        for _ in 0..rng.random_range(0..=3) {
+            let amount = rng.random_range(1..=300);
+            let pending = rng.random_bool(0.3);
+            let r = self
+                .fake(
+                    &format!("/_fake/sessions/{s}/refunds"),
+                    json!({"amount": amount, "status": if pending { "pending" } else { "succeeded" }}),
+                )
+                .await;
+            bodies.push(r["body"].as_str().unwrap().as_bytes().to_vec());
+            if pending && rng.random_bool(0.5) {
+                let refund = r["refund"].as_str().unwrap();
+                let f = self
+                    .fake(
+                        &format!("/_fake/refunds/{refund}"),
+                        json!({"status": "failed"}),
+                    )
+                    .await;
+                bodies.push(f["body"].as_str().unwrap().as_bytes().to_vec());
+            } else {
+                refunded += amount;
+            }
+        }
+        let mut withdrawn = false;
+        if rng.random_bool(0.5) {
+            let d = self
+                .fake(&format!("/_fake/sessions/{s}/disputes"), json!({}))
+                .await;
+            bodies.push(d["body"].as_str().unwrap().as_bytes().to_vec());
+            let dispute = d["dispute"].as_str().unwrap().to_owned();
+            withdrawn = true;
+            if rng.random_bool(0.7) {
+                let won = rng.random_bool(0.5);
+                let c = self
+                    .fake(
+                        &format!("/_fake/disputes/{dispute}/close"),
+                        json!({"status": if won { "won" } else { "lost" }}),
+                    )
+                    .await;
+                bodies.push(c["body"].as_str().unwrap().as_bytes().to_vec());
+                withdrawn = !won;
+            }
+        }
+        let taken = if refunded == 0 {
+            0
+        } else {
+            ((10 * refunded + 899) / 900).min(10)
+        };
+        Reversals {
+            user: user.to_owned(),
+            bodies,
+            expected: if withdrawn { 0 } else { 10 - taken },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_reversals_through_the_real_binaries_end_exact() {
+    use rand::{Rng, seq::SliceRandom};
+
+    test_support::init_tracing();
+    let broker = TestBroker::new().await;
+    let db = TestDb::new().await;
+    let stack = start_stack("reversals", &broker, &db, 2).await;
+    let mut rng = rand::rng();
+    let mut histories = Vec::new();
+    for i in 0..30 {
+        histories.push(stack.reversal_history(&format!("rev-{i}"), &mut rng).await);
+    }
+    // Every event 1-3 times, in any order: reversals before purchases, closes before
+    // creations, late async successes after the refunds of their own payment.
+    let mut deliveries: Vec<&[u8]> = Vec::new();
+    for h in &histories {
+        for body in &h.bodies {
+            for _ in 0..rng.random_range(1..=3) {
+                deliveries.push(body);
+            }
+        }
+    }
+    deliveries.shuffle(&mut rng);
+    for body in deliveries {
+        assert_eq!(stack.post(body).await, 200);
+    }
+    for h in &histories {
+        stack.settles(&h.user, h.expected).await;
+    }
+    let out = std::process::Command::new(binaries().join("fulfill"))
+        .args(["dlq", "list"])
+        .env_clear()
+        .env("AMQP_URL", &broker.url)
+        .env("AMQP_TOPOLOGY_PREFIX", &broker.prefix)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 dead letters"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stack.stop();
+}
+
 /// Kills a whole process group when the test ends, passed or failed.
 struct GroupGuard(u32);
 

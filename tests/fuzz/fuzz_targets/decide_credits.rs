@@ -3,7 +3,7 @@
 #![no_main]
 
 use fulfill::{
-    fulfillment::credits::{Decision, decide},
+    domain::credits::{Decision, decide},
     stripe::checkout_session::{CheckoutSession, PaymentStatus, SessionStatus},
 };
 use libfuzzer_sys::fuzz_target;
