@@ -96,7 +96,9 @@ pub struct SignatureHeader<'a> {
     pub v1: Vec<&'a str>,
 }
 
-/// Parses `t=…,v1=…`; unknown schemes and pairs without `=` are ignored, as in Stripe's SDKs.
+/// Parses `t=…,v1=…` exactly as Stripe's official SDKs do: items split on `,`, each on
+/// its first `=`, keys compared as they are (no trimming: `" v1"` and `"v1 "` are other
+/// schemes), values taken as they are; unknown schemes and items without `=` are ignored.
 pub fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError> {
     let mut timestamp = None;
     let mut v1 = Vec::new();
@@ -104,13 +106,13 @@ pub fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError>
         let Some((key, value)) = item.split_once('=') else {
             continue;
         };
-        match key.trim() {
-            "t" => timestamp = value.trim().parse::<i64>().ok(),
+        match key {
+            "t" => timestamp = value.parse::<i64>().ok(),
             "v1" => {
                 if v1.len() == MAX_SIGNATURES {
                     return Err(SignatureError::TooManySignatures);
                 }
-                v1.push(value.trim());
+                v1.push(value);
             }
             _ => {}
         }
@@ -141,6 +143,9 @@ pub fn verify(
     let candidates: Vec<[u8; 32]> = parsed
         .v1
         .iter()
+        // The SDKs compare the hex text with what they compute, which is lowercase: an
+        // uppercase or padded value never matches.
+        .filter(|hex_sig| is_lowercase_hex(hex_sig))
         .filter_map(|hex_sig| {
             let mut out = [0u8; 32];
             hex::decode_to_slice(hex_sig, &mut out).ok().map(|()| out)
@@ -169,6 +174,10 @@ pub fn verify(
         return Err(SignatureError::TimestampOutsideTolerance);
     }
     Ok(parsed.timestamp)
+}
+
+fn is_lowercase_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -288,6 +297,45 @@ mod tests {
     }
 
     #[test]
+    fn rejects_spaces_around_the_equals_sign() {
+        let s = secret("whsec_abc");
+        let header = sign(PAYLOAD, &s, NOW);
+        for spaced in [header.replace("v1=", "v1 ="), header.replace("v1=", "v1= ")] {
+            assert!(
+                check(PAYLOAD, &spaced, std::slice::from_ref(&s)).is_err(),
+                "{spaced}"
+            );
+        }
+        assert_eq!(
+            check(
+                PAYLOAD,
+                &header.replace("t=", "t= "),
+                std::slice::from_ref(&s)
+            ),
+            Err(SignatureError::MalformedHeader)
+        );
+    }
+
+    #[test]
+    fn rejects_a_space_after_a_comma() {
+        let s = secret("whsec_abc");
+        let header = sign(PAYLOAD, &s, NOW).replace(",v1=", ", v1=");
+        assert_eq!(
+            check(PAYLOAD, &header, &[s]),
+            Err(SignatureError::NoV1Signature)
+        );
+    }
+
+    #[test]
+    fn rejects_an_uppercase_hex_signature() {
+        let s = secret("whsec_abc");
+        let header = sign(PAYLOAD, &s, NOW);
+        let (t, sig) = header.split_once(",v1=").unwrap();
+        let upper = format!("{t},v1={}", sig.to_uppercase());
+        assert_eq!(check(PAYLOAD, &upper, &[s]), Err(SignatureError::NoMatch));
+    }
+
+    #[test]
     fn rejects_a_header_without_a_v1_signature() {
         let s = secret("whsec_abc");
         let header = sign(PAYLOAD, &s, NOW).replace("v1=", "v0=");
@@ -342,7 +390,7 @@ mod tests {
     fn ignores_other_schemes_and_junk_items() {
         let s = secret("whsec_abc");
         let good = sign(PAYLOAD, &s, NOW);
-        let header = format!("v0=deadbeef, {good},scheme2=xyz,novalue");
+        let header = format!("v0=deadbeef,{good},scheme2=xyz,novalue");
         assert_eq!(check(PAYLOAD, &header, &[s]), Ok(NOW));
     }
 
