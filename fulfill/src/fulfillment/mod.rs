@@ -268,6 +268,12 @@ impl Fulfiller {
         // wait for its result instead of spending budget on the same answer.
         let started = match self.take_turn(session_id, cue, event).await? {
             Turn::Settled(row) => {
+                if let Some(e) = event {
+                    // Settled by the state another delivery reached: this event is done
+                    // too (a no-op when that delivery was this very event).
+                    let outcome = EventOutcome::AlreadySettled(row.state);
+                    self.record(e, session_id.as_str(), outcome).await?;
+                }
                 return Ok((FulfillmentState::from_row(&row, false), LedgerChange::None));
             }
             Turn::Fetch { started } => started,
