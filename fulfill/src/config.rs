@@ -10,7 +10,10 @@ use shared::{
     telemetry::TelemetryConfig,
 };
 
-use crate::{domain::target::RefundPolicy, stripe::StripeConfig};
+use crate::{
+    domain::target::RefundPolicy,
+    stripe::{StripeConfig, StripeMode},
+};
 
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
@@ -67,16 +70,15 @@ impl Config {
             ));
         }
         let secret_key = required_secret(env, STRIPE_SECRET_KEY)?;
-        {
+        let mode = {
             use secrecy::ExposeSecret;
-            let key = secret_key.expose_secret();
-            if !(key.starts_with("sk_") || key.starts_with("rk_")) {
-                return Err(ConfigError::invalid(
+            StripeMode::of_key(secret_key.expose_secret()).ok_or_else(|| {
+                ConfigError::invalid(
                     STRIPE_SECRET_KEY,
-                    "must be a secret (sk_…) or restricted (rk_…) key",
-                ));
-            }
-        }
+                    "must be a live or test secret key (sk_live_…, sk_test_…) or restricted key (rk_live_…, rk_test_…)",
+                )
+            })?
+        };
         let api_base =
             optional(env, STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".to_owned());
         if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
@@ -115,6 +117,7 @@ impl Config {
             database_pool_size: parsed_or(env, DATABASE_POOL_SIZE, 10)?,
             stripe: StripeConfig {
                 secret_key,
+                mode,
                 api_base,
                 // For all fulfill processes together: shared through PostgreSQL.
                 rate_limit: total_rate,
@@ -196,6 +199,17 @@ mod tests {
             }
         ));
         assert!(!err.to_string().contains("VISIBLE"));
+    }
+
+    #[test]
+    fn knows_the_mode_from_the_key_and_refuses_a_key_without_one() {
+        let live = Config::from_env(&env(&[(STRIPE_SECRET_KEY, "rk_live_abc")])).unwrap();
+        assert_eq!(live.stripe.mode, StripeMode::Live);
+        let test = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(test.stripe.mode, StripeMode::Test);
+        let err = Config::from_env(&env(&[(STRIPE_SECRET_KEY, "sk_SOMEKEY")])).unwrap_err();
+        assert!(err.to_string().contains(STRIPE_SECRET_KEY), "{err}");
+        assert!(!err.to_string().contains("SOMEKEY"));
     }
 
     #[test]

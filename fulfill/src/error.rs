@@ -23,6 +23,9 @@ pub enum FulfillError {
     /// webhooks): retried later, never recorded as done.
     #[error("Stripe does not show what {cue} announced for session {session_id} yet")]
     NotYetVisible { session_id: String, cue: String },
+    /// An object of the other Stripe mode (a live session for a test key, or the reverse).
+    #[error("{object} belongs to Stripe's {livemode} mode, this deployment to the other", livemode = if *livemode { "live" } else { "test" })]
+    WrongMode { object: String, livemode: bool },
     /// A ledger key already taken under the session lock: a bug, never retried.
     #[error("ledger entry {0} already exists")]
     Conflict(String),
@@ -33,7 +36,10 @@ impl FulfillError {
     pub fn is_transient(&self) -> bool {
         use diesel::result::{DatabaseErrorKind as Kind, Error as Db};
         match self {
-            Self::Malformed(_) | Self::UnsupportedEvent(_) | Self::Conflict(_) => false,
+            Self::Malformed(_)
+            | Self::UnsupportedEvent(_)
+            | Self::Conflict(_)
+            | Self::WrongMode { .. } => false,
             Self::Stripe(e) => e.is_transient(),
             Self::Pool(_) | Self::NotYetVisible { .. } => true,
             // Constraint violations are bugs no retry will fix; everything else
@@ -56,6 +62,7 @@ impl FulfillError {
             Self::Pool(_) => "pool",
             Self::NotYetVisible { .. } => "not_yet_visible",
             Self::Conflict(_) => "conflict",
+            Self::WrongMode { .. } => "wrong_mode",
         }
     }
 
@@ -63,6 +70,7 @@ impl FulfillError {
     pub fn failure(&self) -> Failure {
         match self {
             Self::Malformed(_) | Self::UnsupportedEvent(_) => Failure::Poison,
+            Self::Stripe(e) if e.is_key_rejected() => Failure::KeyRejected,
             e if e.is_transient() => Failure::Transient,
             _ => Failure::Permanent,
         }
@@ -85,6 +93,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The object belongs to the other Stripe mode.
+    #[error("{0}")]
+    WrongMode(String),
     #[error("temporarily unavailable; retry later")]
     Unavailable(#[source] FulfillError),
     #[error("internal error")]
@@ -98,6 +109,7 @@ impl From<FulfillError> for ApiError {
     fn from(e: FulfillError) -> Self {
         match e {
             FulfillError::Stripe(StripeError::NotFound { message }) => Self::NotFound(message),
+            e @ FulfillError::WrongMode { .. } => Self::WrongMode(e.to_string()),
             e if e.is_transient() => Self::Unavailable(e),
             e => Self::Internal(e),
         }
@@ -122,6 +134,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::WrongMode(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,6 +154,11 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(json!({ "error": self.to_string() }))
+        match self {
+            Self::WrongMode(_) => {
+                response.json(json!({ "error": self.to_string(), "code": "wrong_mode" }))
+            }
+            _ => response.json(json!({ "error": self.to_string() })),
+        }
     }
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub needs_attention: Counter,
     pub stripe_requests: Family<StripeLabels, Counter>,
     pub stripe_retries: Counter,
+    pub stripe_key_rejections: Counter,
+    pub stripe_key_rejected: Gauge,
     pub processing_seconds: Histogram,
     pub dead_letters: Family<KindLabels, Counter>,
     pub requeued: Counter,
@@ -80,6 +82,18 @@ impl Metrics {
             "Stripe API requests retried after a transient failure",
             stripe_retries.clone(),
         );
+        let stripe_key_rejections = Counter::default();
+        registry.register(
+            "stripe_key_rejections",
+            "Stripe answers 401 or 403: the API key revoked, rolled or lacking a permission",
+            stripe_key_rejections.clone(),
+        );
+        let stripe_key_rejected = Gauge::default();
+        registry.register(
+            "stripe_key_rejected",
+            "1 while Stripe rejects the API key (consuming is stopped)",
+            stripe_key_rejected.clone(),
+        );
         let processing_seconds = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "processing_duration_seconds",
@@ -124,6 +138,8 @@ impl Metrics {
             needs_attention,
             stripe_requests,
             stripe_retries,
+            stripe_key_rejections,
+            stripe_key_rejected,
             processing_seconds,
             dead_letters,
             requeued,

@@ -67,6 +67,8 @@ pub struct Report {
     /// Sessions this run credited: what the webhooks had missed.
     pub healed: u64,
     pub needs_attention: u64,
+    /// Objects of the other Stripe mode, refused.
+    pub wrong_mode: u64,
     pub errors: u64,
 }
 
@@ -74,7 +76,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "reconcile: since={} events={} events_new={} sessions={} sessions_checked={} healed={} needs_attention={} errors={}",
+            "reconcile: since={} events={} events_new={} sessions={} sessions_checked={} healed={} needs_attention={} wrong_mode={} errors={}",
             self.since,
             self.events,
             self.events_new,
@@ -82,6 +84,7 @@ impl std::fmt::Display for Report {
             self.sessions_checked,
             self.healed,
             self.needs_attention,
+            self.wrong_mode,
             self.errors
         )
     }
@@ -149,6 +152,7 @@ async fn events(
             let body = serde_json::to_vec(&event).unwrap_or_default();
             match services.fulfiller.handle_event(&body).await {
                 Ok(EventOutcome::Duplicate) | Ok(EventOutcome::AlreadySettled(_)) => {}
+                Ok(EventOutcome::WrongMode) => report.wrong_mode += 1,
                 Ok(outcome) => {
                     report.events_new += 1;
                     count(report, &outcome);
@@ -239,6 +243,7 @@ async fn check(fulfiller: &Fulfiller, id: &CheckoutSessionId, report: &mut Repor
         Ok(state) if state.credited_now => report.healed += 1,
         Ok(state) if state.state == SessionState::NeedsAttention => report.needs_attention += 1,
         Ok(_) => {}
+        Err(FulfillError::WrongMode { .. }) => report.wrong_mode += 1,
         Err(e) => {
             report.errors += 1;
             tracing::warn!(session_id = %id, error = %error_chain(&e), "reconcile: session failed");

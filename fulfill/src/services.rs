@@ -9,7 +9,7 @@ use crate::{
     db::{self, Pool},
     fulfillment::Fulfiller,
     metrics::Metrics,
-    stripe::{RateLimiter, StripeClient},
+    stripe::{KeyHealth, RateLimiter, StripeClient},
 };
 
 #[derive(Clone)]
@@ -19,6 +19,8 @@ pub struct Services {
     /// For what is not one session's fulfillment (reconciliation's lists).
     pub stripe: StripeClient,
     pub fulfiller: Arc<Fulfiller>,
+    /// Whether Stripe accepts the key (the consumer and readiness watch it).
+    pub key: Arc<KeyHealth>,
 }
 
 impl Services {
@@ -27,7 +29,13 @@ impl Services {
         let metrics = Arc::new(Metrics::new());
         let pool = db::pool(&config.database_url, config.database_pool_size);
         let limiter = RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
-        let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
+        let key = Arc::new(KeyHealth::default());
+        let stripe = StripeClient::new(
+            config.stripe.clone(),
+            limiter,
+            Arc::clone(&metrics),
+            Arc::clone(&key),
+        )?;
         let fulfiller = Arc::new(Fulfiller::new(
             pool.clone(),
             stripe.clone(),
@@ -39,6 +47,7 @@ impl Services {
             metrics,
             stripe,
             fulfiller,
+            key,
         })
     }
 }

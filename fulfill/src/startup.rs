@@ -57,16 +57,11 @@ impl Application {
             let metrics = Arc::clone(&metrics);
             move || render(&metrics.registry)
         });
-        let consumer = Consumer::start(
-            config.amqp.clone(),
-            config.consumer.clone(),
-            Arc::clone(&fulfiller),
-            Arc::clone(&metrics),
-        );
+        let consumer = Consumer::start(config.amqp.clone(), config.consumer.clone(), &services);
         let background = CancellationToken::new();
         if let Some(every) = config.reconcile_interval {
             tokio::spawn(crate::reconcile::run_periodically(
-                services,
+                services.clone(),
                 every,
                 background.clone(),
             ));
@@ -77,6 +72,7 @@ impl Application {
             config.api_token.clone(),
             metrics,
             consumer.connected_flag(),
+            Arc::clone(&services.key),
         ));
         let server = HttpServer::new(move || {
             App::new()

@@ -115,6 +115,7 @@ async fn settle(
     let outcome = match (&result, settlement) {
         (Ok(outcome), _) => outcome.label(),
         (Err(_), Settlement::Retry { .. }) => "retry",
+        (Err(_), Settlement::Requeue) => "key_rejected",
         (Err(_), _) => "dead_lettered",
     };
     context.metrics.event(event_type, outcome);
@@ -124,6 +125,13 @@ async fn settle(
             tracing::debug!(outcome, "delivery processed");
             ack(&delivery).await
         }
+        (Settlement::Requeue, _) => delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ()),
         (Settlement::Retry { delay }, result) => {
             // Equal jitter below the planned delay, so that many retries do not align.
             let delay = amqp::backoff_from(delay, 0, delay);

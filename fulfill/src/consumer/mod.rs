@@ -26,9 +26,18 @@ use shared::{amqp, config::AmqpConfig, topology::Topology};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::ConsumerConfig, fulfillment::Fulfiller, metrics::Metrics};
+use crate::{
+    config::ConsumerConfig,
+    fulfillment::Fulfiller,
+    metrics::Metrics,
+    services::Services,
+    stripe::{KeyHealth, StripeClient},
+};
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// Longest wait between two probes of a rejected Stripe key.
+const MAX_PROBE_DELAY: Duration = Duration::from_secs(60);
 
 /// The shared context of every delivery task.
 pub(crate) struct Context {
@@ -36,6 +45,19 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub topology: Topology,
     pub config: ConsumerConfig,
+    pub key: Arc<KeyHealth>,
+    pub stripe: StripeClient,
+}
+
+/// Why consuming ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// On purpose (shutdown).
+    Stopped,
+    /// The broker connection or channel went away.
+    Lost,
+    /// Stripe rejects the key: stop until a probe says it is accepted again.
+    KeyRejected,
 }
 
 pub struct Consumer {
@@ -45,19 +67,16 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn start(
-        amqp_config: AmqpConfig,
-        config: ConsumerConfig,
-        fulfiller: Arc<Fulfiller>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(amqp_config: AmqpConfig, config: ConsumerConfig, services: &Services) -> Self {
         let connected = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let context = Arc::new(Context {
-            fulfiller,
-            metrics,
+            fulfiller: Arc::clone(&services.fulfiller),
+            metrics: Arc::clone(&services.metrics),
             topology: Topology::new(amqp_config.topology_prefix.clone()),
             config,
+            key: Arc::clone(&services.key),
+            stripe: services.stripe.clone(),
         });
         let task = tokio::spawn(supervise(
             amqp_config,
@@ -97,6 +116,9 @@ async fn supervise(
 ) {
     let mut attempt: u32 = 0;
     while !stop.is_cancelled() {
+        if context.key.is_rejected() && !wait_for_key(&context, &stop).await {
+            return;
+        }
         match open(&amqp_config, &context).await {
             Ok((connection, consume, publish)) => {
                 attempt = 0;
@@ -104,7 +126,7 @@ async fn supervise(
                 context.metrics.broker_connected.set(1);
                 tracing::info!(queue = %context.topology.checkout_queue(), "consuming");
                 let publish = Arc::new(publish);
-                let stopped =
+                let ended =
                     consume_until_lost(&context, &consume, Arc::clone(&publish), &stop).await;
                 connected.store(false, Ordering::SeqCst);
                 context.metrics.broker_connected.set(0);
@@ -116,11 +138,18 @@ async fn supervise(
                 if connection.status().connected() {
                     let _ = connection.close(200, ShortString::from("bye")).await;
                 }
-                if stopped {
-                    tracing::info!("consumer stopped");
-                    return;
+                match ended {
+                    Ended::Stopped => {
+                        tracing::info!("consumer stopped");
+                        return;
+                    }
+                    Ended::KeyRejected => {
+                        // The channel is closed: unacked deliveries are back in the queue.
+                        tracing::warn!("stopped consuming: Stripe rejects the API key");
+                        continue;
+                    }
+                    Ended::Lost => tracing::warn!("lost the broker connection; reconnecting"),
                 }
-                tracing::warn!("lost the broker connection; reconnecting");
             }
             Err(e) => tracing::warn!(error = %e, attempt, "cannot connect to the broker"),
         }
@@ -130,6 +159,27 @@ async fn supervise(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Probes Stripe with backoff (at most [`MAX_PROBE_DELAY`] apart) until it accepts the
+/// key again. False when stopped meanwhile.
+async fn wait_for_key(context: &Context, stop: &CancellationToken) -> bool {
+    context.metrics.stripe_key_rejected.set(1);
+    let mut attempt: u32 = 0;
+    loop {
+        let delay = amqp::backoff_from(Duration::from_secs(1), attempt, MAX_PROBE_DELAY);
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        if context.stripe.probe_key().await {
+            context.metrics.stripe_key_rejected.set(0);
+            tracing::info!("Stripe accepts the API key again; consuming");
+            return true;
+        }
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(attempt, "Stripe still rejects the API key");
     }
 }
 
@@ -152,13 +202,12 @@ async fn open(
     Ok((connection, consume, publish))
 }
 
-/// Returns true when stopped on purpose, false when the connection was lost.
 async fn consume_until_lost(
     context: &Arc<Context>,
     consume: &Channel,
     publish: Arc<Channel>,
     stop: &CancellationToken,
-) -> bool {
+) -> Ended {
     let tag = format!(
         "fulfill-{}-{:08x}",
         std::process::id(),
@@ -176,21 +225,27 @@ async fn consume_until_lost(
         Ok(consumer) => consumer,
         Err(e) => {
             tracing::warn!(error = %e, "cannot start consuming");
-            return false;
+            return Ended::Lost;
         }
     };
+    let mut key = context.key.watch();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(context.config.concurrency));
-    let stopped = loop {
+    let ended = loop {
+        if *key.borrow_and_update() {
+            break Ended::KeyRejected;
+        }
         let permit = tokio::select! {
-            () = stop.cancelled() => break true,
+            () = stop.cancelled() => break Ended::Stopped,
+            _ = key.changed() => continue,
             permit = Arc::clone(&slots).acquire_owned() => match permit {
                 Ok(p) => p,
-                Err(_) => break true,
+                Err(_) => break Ended::Stopped,
             },
         };
         let next = tokio::select! {
-            () = stop.cancelled() => break true,
+            () = stop.cancelled() => break Ended::Stopped,
+            _ = key.changed() => continue,
             next = deliveries.next() => next,
         };
         match next {
@@ -204,12 +259,12 @@ async fn consume_until_lost(
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "delivery stream failed");
-                break false;
+                break Ended::Lost;
             }
-            None => break false,
+            None => break Ended::Lost,
         }
     };
-    if stopped {
+    if ended != Ended::Lost {
         let _ = consume
             .basic_cancel(
                 ShortString::from(tag.as_str()),
@@ -219,5 +274,5 @@ async fn consume_until_lost(
     }
     tracker.close();
     tracker.wait().await;
-    stopped
+    ended
 }

@@ -12,6 +12,8 @@ pub enum Failure {
     Permanent,
     /// Not something fulfill can ever process.
     Poison,
+    /// Stripe refuses the key: a fault of the configuration, not of the message.
+    KeyRejected,
 }
 
 /// Why a message went to the dead-letter queue (its `x-dead-kind` header).
@@ -36,6 +38,8 @@ impl DeadLetterKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
     Ack,
+    /// Give it back to the queue as it is (the consumer stops until the key works again).
+    Requeue,
     /// Park in the retry queue for about `delay` (the edge adds jitter below it).
     Retry {
         delay: Duration,
@@ -72,6 +76,8 @@ pub fn settle(result: Result<(), Failure>, attempts: u32, policy: &RetryPolicy) 
         Err(Failure::Poison) => Settlement::DeadLetter {
             kind: DeadLetterKind::Poison,
         },
+        // However often: a rolled key must never dead-letter the stream.
+        Err(Failure::KeyRejected) => Settlement::Requeue,
     }
 }
 
@@ -112,6 +118,16 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_rejected_key_requeues_whatever_the_attempt_count() {
+        for attempts in [1, 5, 1000] {
+            assert_eq!(
+                settle(Err(Failure::KeyRejected), attempts, &POLICY),
+                Settlement::Requeue
+            );
+        }
     }
 
     #[test]

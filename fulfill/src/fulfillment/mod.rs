@@ -9,7 +9,10 @@
 mod money;
 mod persist;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -107,6 +110,8 @@ pub enum EventOutcome {
     },
     /// A refund or dispute of a payment that no Checkout Session made.
     NotFromCheckout,
+    /// An event of the other Stripe mode: acknowledged, never fetched or credited.
+    WrongMode,
 }
 
 impl EventOutcome {
@@ -115,6 +120,7 @@ impl EventOutcome {
             Self::Duplicate => "duplicate",
             Self::AlreadySettled(_) => "already_final",
             Self::NotFromCheckout => "not_from_checkout",
+            Self::WrongMode => "wrong_mode",
             Self::Converged { state, change } => match (state.credited_now, change) {
                 (true, _) => "credited",
                 (false, LedgerChange::MovedBelowZero) => "flagged",
@@ -146,6 +152,8 @@ pub struct Fulfiller {
     stripe: StripeClient,
     metrics: Arc<Metrics>,
     refund_policy: RefundPolicy,
+    /// When (Unix seconds) an event of the other mode was last logged: once a minute.
+    wrong_mode_logged: AtomicI64,
 }
 
 /// How a convergence got its turn at the session.
@@ -168,6 +176,7 @@ impl Fulfiller {
             stripe,
             metrics,
             refund_policy,
+            wrong_mode_logged: AtomicI64::new(0),
         }
     }
 
@@ -183,6 +192,12 @@ impl Fulfiller {
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
         span.record("event_type", envelope.event_type.as_str());
+        // The other mode's events (a test endpoint sent to a live deployment, or the
+        // reverse) count for nothing, cost nothing and are never dead-lettered.
+        if !self.stripe.mode().matches(envelope.livemode) {
+            self.wrong_mode(&envelope).await?;
+            return Ok(EventOutcome::WrongMode);
+        }
         let event_type = EventType::parse(&envelope.event_type)
             .ok_or_else(|| FulfillError::UnsupportedEvent(envelope.event_type.clone()))?;
         let object_id = envelope
@@ -293,6 +308,13 @@ impl Fulfiller {
                 return Err(e.into());
             }
         };
+        if !self.stripe.mode().matches(session.livemode) {
+            self.give_back_turn(session_id, false).await;
+            return Err(FulfillError::WrongMode {
+                object: session_id.to_string(),
+                livemode: session.livemode,
+            });
+        }
         let seen = Seen {
             status: session.status,
             paid: matches!(
@@ -417,6 +439,34 @@ impl Fulfiller {
                 let _ = sessions::forget_unknown(&mut conn, session_id.as_str()).await;
             }
         }
+    }
+
+    async fn wrong_mode(&self, envelope: &EventEnvelope) -> Result<(), FulfillError> {
+        let now = chrono::Utc::now().timestamp();
+        let last = self.wrong_mode_logged.load(Ordering::Relaxed);
+        if now - last >= 60
+            && self
+                .wrong_mode_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                event_id = %envelope.id,
+                event_livemode = envelope.livemode,
+                mode = self.stripe.mode().as_str(),
+                "an event of the other Stripe mode was received and ignored (logged once a minute); check which endpoint sends to this deployment"
+            );
+        }
+        let mut conn = self.pool.get().await?;
+        db::events::record(
+            &mut conn,
+            envelope.id.as_str(),
+            &envelope.event_type,
+            envelope.object_id().as_deref(),
+            EventOutcome::WrongMode.label(),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn record(

@@ -12,12 +12,15 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker = state.consumer_connected();
     let database = crate::db::ping(&state.pool).await;
+    let stripe = !state.key_rejected();
+    let ready = broker && database && stripe;
     let body = json!({
-        "status": if broker && database { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "broker": if broker { "up" } else { "down" },
         "database": if database { "up" } else { "down" },
+        "stripe": if stripe { "ok" } else { "key_rejected" },
     });
-    if broker && database {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

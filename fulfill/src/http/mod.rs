@@ -17,7 +17,7 @@ use actix_web::web;
 pub use auth::Authorized;
 use secrecy::SecretString;
 
-use crate::{db::Pool, fulfillment::Fulfiller, metrics::Metrics};
+use crate::{db::Pool, fulfillment::Fulfiller, metrics::Metrics, stripe::KeyHealth};
 
 /// What every handler may use.
 pub struct AppState {
@@ -26,6 +26,7 @@ pub struct AppState {
     pub api_token: Option<SecretString>,
     pub metrics: Arc<Metrics>,
     consumer_connected: Arc<AtomicBool>,
+    key: Arc<KeyHealth>,
 }
 
 impl AppState {
@@ -35,6 +36,7 @@ impl AppState {
         api_token: Option<SecretString>,
         metrics: Arc<Metrics>,
         consumer_connected: Arc<AtomicBool>,
+        key: Arc<KeyHealth>,
     ) -> Self {
         Self {
             pool,
@@ -42,7 +44,13 @@ impl AppState {
             api_token,
             metrics,
             consumer_connected,
+            key,
         }
+    }
+
+    /// True while Stripe rejects the API key (consuming is stopped).
+    pub fn key_rejected(&self) -> bool {
+        self.key.is_rejected()
     }
 
     /// True while the consumer is connected to the broker.

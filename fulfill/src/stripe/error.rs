@@ -41,6 +41,17 @@ impl StripeError {
         }
     }
 
+    /// 401 (key revoked or rolled) or 403 (restricted key lacking a permission).
+    pub fn is_key_rejected(&self) -> bool {
+        matches!(
+            self,
+            Self::Api {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+
     /// The wait Stripe asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

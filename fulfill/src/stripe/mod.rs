@@ -7,8 +7,10 @@ pub mod charge;
 pub mod checkout_session;
 pub mod dispute;
 pub mod error;
+pub mod key;
 pub mod line_items;
 pub mod list;
+pub mod mode;
 pub mod rate_limit;
 pub mod refund;
 
@@ -21,6 +23,7 @@ use tracing::{Instrument, field::Empty};
 
 pub use self::error::StripeError;
 pub use self::rate_limit::RateLimiter;
+pub use self::{key::KeyHealth, mode::StripeMode};
 use crate::metrics::{Metrics, StripeLabels};
 
 /// The API version our models are built against (that of the real delivered event).
@@ -29,6 +32,8 @@ pub const STRIPE_VERSION: &str = "2025-04-30.basil";
 #[derive(Debug, Clone)]
 pub struct StripeConfig {
     pub secret_key: SecretString,
+    /// The key's mode (from its prefix, checked by the configuration).
+    pub mode: StripeMode,
     pub api_base: String,
     /// Operations per second this process may spend.
     pub rate_limit: f64,
@@ -45,6 +50,7 @@ pub struct StripeClient {
     config: Arc<StripeConfig>,
     limiter: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
+    key: Arc<KeyHealth>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +73,7 @@ impl StripeClient {
         config: StripeConfig,
         limiter: RateLimiter,
         metrics: Arc<Metrics>,
+        key: Arc<KeyHealth>,
     ) -> Result<Self, reqwest::Error> {
         // reqwest is built without a default TLS provider; use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -86,7 +93,39 @@ impl StripeClient {
             config: Arc::new(config),
             limiter,
             metrics,
+            key,
         })
+    }
+
+    /// The key's mode.
+    pub fn mode(&self) -> StripeMode {
+        self.config.mode
+    }
+
+    /// Repeats the call Stripe last refused the key on; true once it is accepted (any
+    /// answer but 401/403), when it clears the rejection.
+    pub async fn probe_key(&self) -> bool {
+        let Some((path, query)) = self.key.probe() else {
+            self.key.accept();
+            return true;
+        };
+        let query: Vec<(&str, &str)> = query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match self
+            .get_once::<serde_json::Value>("key.probe", &path, &query, 0)
+            .await
+        {
+            Err(e) if e.is_key_rejected() => false,
+            // Stripe took the key (whatever else it said): consume again.
+            Err(StripeError::Api { .. } | StripeError::NotFound { .. }) | Ok(_) => {
+                self.key.accept();
+                true
+            }
+            // Stripe unreachable: no news about the key yet.
+            Err(_) => false,
+        }
     }
 
     /// GETs `path` with `query`, retrying transient failures. `endpoint` labels metrics.
@@ -184,6 +223,18 @@ impl StripeClient {
                 }
             }
         };
+        if let Err(e) = &result
+            && e.is_key_rejected()
+        {
+            if !self.key.is_rejected() {
+                tracing::error!(endpoint, error = %e, "Stripe rejected the API key: consuming stops until it is accepted again");
+            }
+            self.metrics.stripe_key_rejections.inc();
+            self.key.reject(
+                url.trim_start_matches(self.config.api_base.trim_end_matches('/')),
+                query,
+            );
+        }
         let status = match &result {
             Ok(_) => "200".to_owned(),
             Err(e) => e.status_label(),

@@ -24,6 +24,7 @@ pub struct World {
     pub db: TestDb,
     pub stripe: Arc<FakeStripe>,
     pub client: reqwest::Client,
+    pub stripe_key: &'static str,
 }
 
 pub struct Instance {
@@ -62,19 +63,21 @@ impl Default for Options {
 
 impl World {
     pub async fn new() -> Self {
+        Self::with_stripe_key(fake_stripe::DEFAULT_API_KEY).await
+    }
+
+    /// A world whose fake Stripe takes `key` (e.g. a live-mode one), as fulfill then does.
+    pub async fn with_stripe_key(key: &'static str) -> Self {
         test_support::init_tracing();
         let broker = TestBroker::new().await;
         let db = TestDb::new().await;
-        let stripe = Arc::new(
-            FakeStripe::start(fake_stripe::DEFAULT_API_KEY)
-                .await
-                .expect("fake Stripe"),
-        );
+        let stripe = Arc::new(FakeStripe::start(key).await.expect("fake Stripe"));
         Self {
             broker,
             db,
             stripe,
             client: test_support::http_client(),
+            stripe_key: key,
         }
     }
 
@@ -83,7 +86,9 @@ impl World {
             database_url: SecretString::from(self.db.url.clone()),
             database_pool_size: 8,
             stripe: StripeConfig {
-                secret_key: SecretString::from(fake_stripe::DEFAULT_API_KEY.to_owned()),
+                secret_key: SecretString::from(self.stripe_key.to_owned()),
+                mode: fulfill::stripe::StripeMode::of_key(self.stripe_key)
+                    .expect("a test or live key"),
                 api_base: self.stripe.base_url(),
                 rate_limit: options.rate_limit,
                 timeout: options.stripe_timeout,

@@ -9,6 +9,7 @@ mod convergence;
 mod credits_rule;
 mod delivery;
 mod helpers;
+mod modes_and_keys;
 mod operations;
 mod reversals;
 mod stripe_faults;

@@ -122,6 +122,12 @@ async fn gate(state: &State, req: &HttpRequest) -> Result<(), HttpResponse> {
             None,
             "Invalid API Key provided",
         )),
+        Verdict::Forbidden => Err(stripe_error(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            Some("secret_key_required"),
+            "The provided key does not have the required permissions for this endpoint.",
+        )),
         Verdict::RateLimited | Verdict::Inject429 => Err(stripe_error(
             StatusCode::TOO_MANY_REQUESTS,
             "invalid_request_error",

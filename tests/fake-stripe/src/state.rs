@@ -28,6 +28,9 @@ pub struct Knobs {
     pub hang_ms: u64,
     /// Requests per second beyond which the fake answers 429, like Stripe's limiter.
     pub rate_limit_per_sec: Option<u32>,
+    /// Answer every API request with this status as Stripe does for a key it refuses:
+    /// 401 (revoked or rolled) or 403 (a restricted key lacking a permission).
+    pub reject_key: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,6 +227,8 @@ pub(crate) fn random_id(prefix: &str, len: usize) -> String {
 pub(crate) enum Verdict {
     Proceed,
     Unauthorized,
+    /// A restricted key without the permission.
+    Forbidden,
     RateLimited,
     Inject429,
     Inject5xx,
@@ -727,9 +732,13 @@ impl State {
             delay += Duration::from_millis(rand::random_range(0..=knobs.jitter_ms));
         }
         let expected = format!("Bearer {}", self.api_key);
-        if authorization != Some(expected.as_str()) {
+        if authorization != Some(expected.as_str()) || knobs.reject_key == Some(401) {
             inner.stats.unauthorized += 1;
             return (Verdict::Unauthorized, delay);
+        }
+        if knobs.reject_key == Some(403) {
+            inner.stats.unauthorized += 1;
+            return (Verdict::Forbidden, delay);
         }
         if let Some(limit) = knobs.rate_limit_per_sec {
             let limit = f64::from(limit.max(1));

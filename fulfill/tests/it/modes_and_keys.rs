@@ -1,0 +1,160 @@
+//! Live and test kept apart; a key Stripe rejects parks the stream instead of
+//! dead-lettering it, and un-revoking it drains the queue exactly.
+
+use std::time::Duration;
+
+use fake_stripe::{Knobs, PriceSpec, SessionSpec};
+use serde_json::Value;
+
+use crate::helpers::{Instance, Options, World, eventually, metric};
+
+const COMPLETED: &str = "checkout.session.completed";
+const REFUNDED: &str = "charge.refunded";
+
+/// The same event as the other mode would send it.
+fn as_livemode(body: &[u8], livemode: bool) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(body).unwrap();
+    v["livemode"] = Value::Bool(livemode);
+    v["data"]["object"]["livemode"] = Value::Bool(livemode);
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+async fn outcome(world: &World, event_id: &str) -> String {
+    eventually(|| async {
+        let mut conn = world.db.connect().await;
+        diesel_async::RunQueryDsl::get_result::<Outcome>(
+            diesel::sql_query("SELECT outcome FROM stripe_events WHERE event_id = $1")
+                .bind::<diesel::sql_types::Text, _>(event_id),
+            &mut conn,
+        )
+        .await
+        .ok()
+        .map(|o| o.outcome)
+    })
+    .await
+}
+
+#[derive(diesel::QueryableByName)]
+struct Outcome {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    outcome: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_mode_deployment_credits_nothing_for_live_events() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    let s = world.session(SessionSpec::paid("live-user", &pack, 1));
+    let (id, body) = world.event(&s, COMPLETED);
+    let live = as_livemode(&body, true);
+    world.stripe.reset_stats();
+    for _ in 0..3 {
+        world.publish(COMPLETED, &id, &live).await;
+    }
+    let (_, refund_id, refund_body) = world.stripe.refund_session(&s, None).unwrap();
+    world
+        .publish(REFUNDED, &refund_id, &as_livemode(&refund_body, true))
+        .await;
+    assert_eq!(outcome(&world, &id).await, "wrong_mode");
+    assert_eq!(outcome(&world, &refund_id).await, "wrong_mode");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.balance(&world.client, "live-user").await, 0);
+    assert_eq!(world.stripe.stats().requests, 0, "never fetched");
+    assert!(world.dead_letters().await.is_empty());
+    let m = app.metrics(&world.client).await;
+    assert_eq!(
+        metric(
+            &m,
+            "fulfill_events_total{event_type=\"checkout.session.completed\",outcome=\"wrong_mode\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    // The test-mode event of the same session still counts.
+    world.publish(COMPLETED, &id, &body).await;
+    app.assert_balance_settles(&world.client, "live-user", 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_deployment_ignores_test_events_and_refuses_test_sessions() {
+    let world = World::with_stripe_key("sk_live_fake_stripe_key").await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    // The fake's objects are test-mode ones.
+    let s = world.session(SessionSpec::paid("test-user", &pack, 1));
+    let (id, body) = world.deliver(&s, COMPLETED).await;
+    assert_eq!(outcome(&world, &id).await, "wrong_mode");
+    let _ = body;
+    assert!(world.dead_letters().await.is_empty());
+    // The success page refuses the other mode's session with a clear answer.
+    let (status, answer) = app.fulfill(&world.client, &s).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["code"], "wrong_mode");
+    assert_eq!(app.balance(&world.client, "test-user").await, 0);
+}
+
+async fn purchases(world: &World, prefix: &str, n: usize, pack: &str) -> Vec<String> {
+    let mut users = Vec::new();
+    for i in 0..n {
+        let user = format!("{prefix}-{i}");
+        let s = world.session(SessionSpec::paid(&user, pack, 1));
+        world.deliver(&s, COMPLETED).await;
+        users.push(user);
+    }
+    users
+}
+
+async fn ready(app: &Instance, world: &World) -> (u16, Value) {
+    let r = app.get(&world.client, "/readyz").await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn a_rejected_key_parks_the_stream(status: u16) {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    let before = purchases(&world, "before", 5, &pack).await;
+    for u in &before {
+        app.assert_balance_settles(&world.client, u, 10).await;
+    }
+    // The key is revoked (or loses a permission) mid-load.
+    world.set_knobs(Knobs {
+        reject_key: Some(status),
+        ..Knobs::default()
+    });
+    let parked = purchases(&world, "parked", 8, &pack).await;
+    eventually(|| async {
+        let (code, body) = ready(&app, &world).await;
+        (code == 503 && body["stripe"] == "key_rejected").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The balance API keeps serving; nothing was dead-lettered or credited.
+    for u in &parked {
+        assert_eq!(app.balance(&world.client, u).await, 0);
+    }
+    assert_eq!(app.balance(&world.client, &before[0]).await, 10);
+    assert!(world.dead_letters().await.is_empty());
+    let m = app.metrics(&world.client).await;
+    assert_eq!(metric(&m, "fulfill_stripe_key_rejected "), 1.0, "{m}");
+    // The key is accepted again: the queue drains with every balance exact.
+    world.set_knobs(Knobs::default());
+    for u in parked.iter().chain(&before) {
+        app.assert_balance_settles(&world.client, u, 10).await;
+    }
+    assert_eq!(ready(&app, &world).await.0, 200);
+    assert!(world.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_parks_the_stream_and_un_revoking_it_drains_the_queue_exactly() {
+    a_rejected_key_parks_the_stream(401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_key_lacking_a_permission_parks_the_stream_too() {
+    a_rejected_key_parks_the_stream(403).await;
+}
