@@ -1,4 +1,4 @@
-//! fulfill's configuration, built once from the environment (names per ../shared/CONTRACT.md).
+//! fulfill's configuration, built once from the environment (names per deploy/API.md).
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,4 +1,4 @@
-//! ingest's configuration, built once from the environment (names per ../shared/CONTRACT.md).
+//! ingest's configuration, built once from the environment (names per deploy/API.md).
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,4 +1,4 @@
-//! The credits rule of ../shared/CONTRACT.md, as a pure function of the refetched session.
+//! The credits rule of deploy/API.md, as a pure function of the refetched session.
 //!
 //! - Who: `client_reference_id`, else `metadata.user_id`.
 //! - How many: Σ quantity × credits per unit, where credits per unit is

@@ -379,7 +379,7 @@ fn the_compose_file_validates_against_the_compose_specification_schema() {
 }
 
 #[test]
-fn our_compose_services_are_built_from_the_one_dockerfile_with_the_fixtures_context() {
+fn our_compose_services_are_built_from_the_one_dockerfile_with_the_repository_as_context() {
     let compose = compose();
     let built: BTreeSet<String> = services(&compose)
         .iter()
@@ -399,12 +399,9 @@ fn our_compose_services_are_built_from_the_one_dockerfile_with_the_fixtures_cont
             "deploy/Dockerfile",
             "{name}: dockerfile"
         );
-        let fixtures = str_of(&build["additional_contexts"]["fixtures"]);
-        let dir = repo().join(&fixtures);
         assert!(
-            dir.join("checkout_session.json").is_file(),
-            "{name}: the `fixtures` context {fixtures} ({}) holds no Stripe fixtures",
-            dir.display()
+            build["additional_contexts"].is_null(),
+            "{name}: the repository alone is the build context"
         );
         assert!(
             service(&compose, name)["container_name"].is_null(),
@@ -815,62 +812,49 @@ fn the_dockerfile_is_a_locked_cargo_chef_multi_stage_build_running_as_non_root()
             .any(|(i, a)| i == "ARG" && a == "BIN=ingest")
     );
 
-    // The fixtures land where the include_str! paths of the crates point.
+    // The repository is the whole build context: no named context, and every file the
+    // crates embed resolves inside the repository copied to the WORKDIR.
     let workdir = &chef
         .instructions
         .iter()
         .find(|(i, _)| i == "WORKDIR")
         .unwrap()
         .1;
-    let fixtures_dest = builder
-        .instructions
-        .iter()
-        .find_map(|(i, a)| {
-            (i == "COPY")
-                .then(|| a.strip_prefix("--from=fixtures . "))
-                .flatten()
-        })
-        .expect("no COPY --from=fixtures");
     assert!(
-        position(
-            builder,
-            "COPY",
-            &format!("--from=fixtures . {fixtures_dest}")
-        )
-        .unwrap()
-            < build
+        builder
+            .instructions
+            .iter()
+            .all(|(i, a)| !(i == "COPY" && a.starts_with("--from=") && !a.contains("planner"))),
+        "the builder copies from a named context: {:#?}",
+        builder.instructions
     );
     let mut embedded = 0;
     for (file, text) in rust_sources() {
         for literal in embedded_paths(&text) {
-            if !literal.contains("stripe-fixtures/") {
-                continue;
-            }
             let in_image = normalize(
                 &Path::new(workdir)
                     .join(file.parent().unwrap())
                     .join(literal),
             );
-            let relative = in_image.strip_prefix(fixtures_dest).unwrap_or_else(|_| {
+            let relative = in_image.strip_prefix(workdir).unwrap_or_else(|_| {
                 panic!(
-                    "{} embeds {literal}: {} is outside {fixtures_dest}",
+                    "{} embeds {literal}: {} is outside the build context {workdir}",
                     file.display(),
                     in_image.display()
                 )
             });
-            let on_disk = repo().join("../shared/stripe-fixtures").join(relative);
             assert!(
-                on_disk.is_file(),
-                "{} embeds {}, not in the fixtures context",
+                repo().join(relative).is_file(),
+                "{} embeds {}, which is not in the repository",
                 file.display(),
-                on_disk.display()
+                relative.display()
             );
             embedded += 1;
         }
     }
     assert!(
         embedded > 0,
-        "found no embedded fixtures: the parsing is broken"
+        "found no embedded files: the parsing is broken"
     );
 
     // Runtime: debian slim, ca-certificates only, non-root numeric user, one entrypoint.
