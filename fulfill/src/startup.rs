@@ -14,7 +14,7 @@ use std::{
 
 use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 use secrecy::SecretString;
-use shared::telemetry::{http::server_span, metrics::render, otlp_metrics};
+use shared::telemetry::http::server_span;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -60,8 +60,6 @@ pub struct Application {
     server: Server,
     consumer: Consumer,
     background: CancellationToken,
-    /// Pushes `/metrics` over OTLP when configured.
-    metrics_export: Option<otlp_metrics::MetricsExporter>,
 }
 
 impl Application {
@@ -70,10 +68,6 @@ impl Application {
         let listener = TcpListener::bind(config.addr)?;
         let port = listener.local_addr()?.port();
         let metrics = Arc::new(Metrics::new());
-        let metrics_export = otlp_metrics::spawn("fulfill", config.telemetry.metrics.as_ref(), {
-            let metrics = Arc::clone(&metrics);
-            move || render(&metrics.registry)
-        });
         let pool = db::pool(&config.database_url, config.database_pool_size);
         let limiter = RateLimiter::shared(pool.clone(), config.stripe.rate_limit);
         let stripe = StripeClient::new(config.stripe.clone(), limiter, Arc::clone(&metrics))?;
@@ -122,7 +116,6 @@ impl Application {
             server,
             consumer,
             background,
-            metrics_export,
         })
     }
 
@@ -139,21 +132,12 @@ impl Application {
             () = shutdown.cancelled() => {
                 tracing::info!("stopping: no new requests or deliveries, finishing in-flight work");
                 let (_, served, ()) = tokio::join!(handle.stop(true), &mut server, self.consumer.stop());
-                // Last, so the final export counts every delivery drained above.
-                flush_metrics(self.metrics_export).await;
                 tracing::info!("fulfill stopped");
                 return flatten(served);
             }
         };
         self.consumer.stop().await;
-        flush_metrics(self.metrics_export).await;
         flatten(served)
-    }
-}
-
-async fn flush_metrics(export: Option<otlp_metrics::MetricsExporter>) {
-    if let Some(export) = export {
-        export.shutdown().await;
     }
 }
 

@@ -106,7 +106,6 @@ impl World {
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Text,
                 otlp: None,
-                metrics: None,
             },
         }
     }

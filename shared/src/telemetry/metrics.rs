@@ -2,8 +2,10 @@
 
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
-/// The content type Prometheus scrapers expect for the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What [`render`] writes: prometheus-client encodes the OpenMetrics text format (`# EOF`
+/// at the end, counters as `_total`), which Prometheus negotiates and parses as such.
+/// <https://prometheus.io/docs/specs/om/open_metrics_spec/#overall-structure>
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds, from sub-millisecond publishes to slow Stripe calls.
 pub const LATENCY_BUCKETS: [f64; 16] = [

@@ -11,13 +11,13 @@
 //! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, …) are read by
 //! the SDK itself. Without an endpoint the layer is not installed at all, so spans cost
 //! what they cost before. W3C trace context crosses the broker in AMQP headers
-//! ([`propagation`]). Under the same rules (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
-//! `OTEL_METRICS_EXPORTER`), the Prometheus registries are pushed too ([`otlp_metrics`]).
+//! ([`propagation`]). Metrics are not exported over OTLP: they are scraped from
+//! `/metrics` ([`metrics`]); an OpenTelemetry Collector's `prometheus` receiver can scrape
+//! them for an OTLP pipeline.
 //! <https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/>
 
 pub mod http;
 pub mod metrics;
-pub mod otlp_metrics;
 pub mod propagation;
 
 use std::time::Duration;
@@ -35,7 +35,7 @@ use tracing_subscriber::{
     EnvFilter, Layer, Registry, fmt, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
-use crate::config::{ConfigError, Env, optional};
+use crate::config::{ConfigError, Env, Variable, optional};
 
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -45,6 +45,57 @@ pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+
+/// The telemetry variables both services read themselves. The OpenTelemetry SDK reads
+/// the other standard `OTEL_*` variables (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+/// `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, …) on its own.
+pub const TELEMETRY_VARIABLES: [Variable; 9] = [
+    Variable {
+        name: LOG_FORMAT,
+        default: "text",
+        meaning: "`json` for one JSON object per line",
+    },
+    Variable {
+        name: "RUST_LOG",
+        default: "info,lapin=warn,actix_server=warn",
+        meaning: "log filter (tracing-subscriber EnvFilter)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_ENDPOINT,
+        default: "unset",
+        meaning: "collector base URL: traces go to {endpoint}/v1/traces (off when unset)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        default: "unset",
+        meaning: "full traces URL, wins over OTEL_EXPORTER_OTLP_ENDPOINT",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_PROTOCOL,
+        default: "http/protobuf",
+        meaning: "or http/json (gRPC is not built in)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+        default: "unset",
+        meaning: "wins over OTEL_EXPORTER_OTLP_PROTOCOL for traces",
+    },
+    Variable {
+        name: OTEL_SERVICE_NAME,
+        default: "the binary's name",
+        meaning: "service.name of the spans",
+    },
+    Variable {
+        name: OTEL_SDK_DISABLED,
+        default: "false",
+        meaning: "`true`: no export, even with an endpoint",
+    },
+    Variable {
+        name: OTEL_TRACES_EXPORTER,
+        default: "otlp",
+        meaning: "`none`: no trace export, even with an endpoint",
+    },
+];
 
 /// How long shutdown waits for the last spans to reach the collector.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,8 +137,6 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `None`: no endpoint (or the SDK disabled), traces are not exported.
     pub otlp: Option<OtlpConfig>,
-    /// `None`: metrics are only scraped from `/metrics`, not pushed ([`otlp_metrics`]).
-    pub metrics: Option<otlp_metrics::OtlpMetricsConfig>,
 }
 
 impl TelemetryConfig {
@@ -105,7 +154,6 @@ impl TelemetryConfig {
         Ok(Self {
             log_format,
             otlp: OtlpConfig::from_env(env)?,
-            metrics: otlp_metrics::OtlpMetricsConfig::from_env(env)?,
         })
     }
 }
