@@ -11,6 +11,7 @@ pub mod db;
 pub mod dlq;
 pub mod error;
 pub mod fulfillment;
+pub mod gauges;
 mod http;
 pub mod metrics;
 pub mod reconcile;

@@ -91,6 +91,12 @@ impl Application {
                 background.clone(),
             ));
         }
+        tokio::spawn(crate::gauges::run(
+            config.amqp.clone(),
+            pool.clone(),
+            Arc::clone(&metrics),
+            background.clone(),
+        ));
         let state = web::Data::new(AppState {
             pool,
             fulfiller,
@@ -100,6 +106,7 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::request_metrics::record))
                 .wrap(from_fn(server_span))
                 .app_data(state.clone())
                 .configure(http::configure)

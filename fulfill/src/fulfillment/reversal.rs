@@ -145,6 +145,10 @@ impl Fulfiller {
             .instrument(transaction.clone())
             .await
             .inspect_err(|e| e.record_on(&transaction))?;
+        let (outcome, taken_back) = outcome;
+        self.metrics
+            .credits_reversed
+            .inc_by(u64::try_from(taken_back).unwrap_or(0));
         if outcome == "flagged" {
             self.metrics.needs_attention.inc();
             tracing::warn!(session_id = %session_id, "a reversal left the balance negative");
@@ -204,7 +208,7 @@ async fn apply(
     envelope: &EventEnvelope,
     action: &Action,
     policy: RefundPolicy,
-) -> Result<&'static str, FulfillError> {
+) -> Result<(&'static str, i64), FulfillError> {
     let row = sessions::lock_or_create(conn, session_id.as_str()).await?;
     let event_id = envelope.id.as_str();
     let (Some(user), Some(credits), SessionState::Credited) =
@@ -218,7 +222,7 @@ async fn apply(
             "nothing_credited",
         )
         .await?;
-        return Ok("nothing_credited");
+        return Ok(("nothing_credited", 0));
     };
     let mut reversed = row.reversed_credits;
     let mut changed = false;
@@ -326,7 +330,8 @@ async fn apply(
         outcome,
     )
     .await?;
-    Ok(outcome)
+    // What this event took back (negative when a dispute won gave credits back).
+    Ok((outcome, reversed - row.reversed_credits))
 }
 
 struct NewEntryOwned {

@@ -7,6 +7,7 @@ mod fulfill;
 mod health;
 mod ledger;
 mod metrics;
+pub mod request_metrics;
 
 use actix_web::web;
 pub use auth::Authorized;

@@ -1,6 +1,6 @@
 //! Prometheus text exposition shared by both services' `/metrics`.
 
-use prometheus_client::{encoding::text::encode, registry::Registry};
+use prometheus_client::{encoding::text::encode, metrics::info::Info, registry::Registry};
 
 /// What [`render`] writes: prometheus-client encodes the OpenMetrics text format (`# EOF`
 /// at the end, counters as `_total`), which Prometheus negotiates and parses as such.
@@ -18,4 +18,14 @@ pub fn render(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, registry);
     out
+}
+
+/// `{prefix}_build_info{version="…"} 1`: which build a process runs (an OpenMetrics info
+/// metric, which Prometheus reads as a gauge).
+pub fn register_build_info(registry: &mut Registry, version: &'static str) {
+    registry.register(
+        "build",
+        "The running build: the crate version",
+        Info::new(vec![("version", version)]),
+    );
 }

@@ -117,10 +117,7 @@ fn no_tracked_file_points_outside_the_repository() {
                         n + 1
                     ));
                 } else if escapes_by(dir, path) > 0 {
-                    problems.push(format!(
-                        "{file}:{}: {path} leaves the repository",
-                        n + 1
-                    ));
+                    problems.push(format!("{file}:{}: {path} leaves the repository", n + 1));
                 }
             }
         }
