@@ -1,5 +1,6 @@
 //! The gauges of what is waiting: messages in fulfill's queues (dead letters among them),
-//! sessions needing attention, and when reconciliation last went through. They are read
+//! sessions needing attention, when reconciliation last went through, and whether
+//! PostgreSQL answers. They are read
 //! from RabbitMQ and PostgreSQL every [`EVERY`], so every replica reports the same fleet-wide
 //! values (alert on `max`, not `sum`).
 //!
@@ -49,8 +50,11 @@ pub async fn run(amqp: AmqpConfig, pool: Pool, metrics: Arc<Metrics>, stop: Canc
 
 async fn refresh_database(pool: &Pool, metrics: &Metrics) {
     let Ok(mut conn) = pool.get().await else {
+        metrics.database_up.set(0);
         return;
     };
+    // The pool tests each connection on checkout.
+    metrics.database_up.set(1);
     // The same sessions as GET /attention.
     let attention = diesel::sql_query(
         "SELECT count(*)::float8 AS value FROM checkout_sessions \

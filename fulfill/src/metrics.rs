@@ -67,6 +67,7 @@ pub struct Metrics {
     pub sessions_needing_attention: Gauge,
     pub dead_letters_queued: Gauge,
     pub queue_messages: Family<QueueLabels, Gauge>,
+    pub database_up: Gauge,
 }
 
 impl Metrics {
@@ -203,6 +204,12 @@ impl Metrics {
             "Messages ready in fulfill's queues (checkout, retry, dead), by queue",
             queue_messages.clone(),
         );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 while PostgreSQL answers (what /readyz/api needs)",
+            database_up.clone(),
+        );
         register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         for queue in ["fulfill.checkout", "fulfill.retry", "fulfill.dead"] {
             drop(queue_messages.get_or_create(&QueueLabels { queue }));
@@ -233,6 +240,7 @@ impl Metrics {
             sessions_needing_attention,
             dead_letters_queued,
             queue_messages,
+            database_up,
         }
     }
 

@@ -27,7 +27,7 @@ use crate::{
     stripe::{RateLimiter, StripeClient},
 };
 
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long start-up keeps retrying migrations while PostgreSQL is unreachable.
 const MIGRATION_PATIENCE: Duration = Duration::from_secs(60);
 

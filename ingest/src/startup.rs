@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// How long in-flight requests get to finish on shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// What every request handler reads.
 pub struct AppState {

@@ -1,4 +1,7 @@
-//! Liveness and readiness (broker + database).
+//! Liveness and readiness. `/readyz`: everything (broker + database), for compose and
+//! anything that wants the whole pod. `/readyz/api`: what the HTTP API needs (the
+//! database), so that a pod keeps serving balances, ledgers and the success page while
+//! the broker is down; its body still says which dependencies are up.
 
 use actix_web::{HttpResponse, web};
 use diesel_async::RunQueryDsl;
@@ -11,6 +14,14 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    readiness(&state, true).await
+}
+
+pub async fn readyz_api(state: web::Data<AppState>) -> HttpResponse {
+    readiness(&state, false).await
+}
+
+async fn readiness(state: &AppState, needs_broker: bool) -> HttpResponse {
     let broker = state.consumer_connected();
     let database = match state.pool.get().await {
         Ok(mut conn) => diesel::sql_query("SELECT 1")
@@ -19,12 +30,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .is_ok(),
         Err(_) => false,
     };
+    let ready = database && (broker || !needs_broker);
     let body = json!({
-        "status": if broker && database { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "broker": if broker { "up" } else { "down" },
         "database": if database { "up" } else { "down" },
+        "consuming": broker,
+        "serving_api": database,
     });
-    if broker && database {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

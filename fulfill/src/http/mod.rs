@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/attention", web::get().to(attention::attention))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/readyz/api", web::get().to(health::readyz_api))
         .route("/metrics", web::get().to(metrics::metrics));
 }
 

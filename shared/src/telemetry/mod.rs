@@ -46,10 +46,9 @@ pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 
-/// The telemetry variables both services read themselves. The OpenTelemetry SDK reads
-/// the other standard `OTEL_*` variables (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
-/// `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, …) on its own.
-pub const TELEMETRY_VARIABLES: [Variable; 9] = [
+/// The telemetry variables of both services: those our code reads, then the standard ones
+/// the OpenTelemetry SDK reads itself when traces are exported.
+pub const TELEMETRY_VARIABLES: [Variable; 17] = [
     Variable {
         name: LOG_FORMAT,
         default: "text",
@@ -95,10 +94,50 @@ pub const TELEMETRY_VARIABLES: [Variable; 9] = [
         default: "otlp",
         meaning: "`none`: no trace export, even with an endpoint",
     },
+    Variable {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        default: "unset",
+        meaning: "e.g. deployment.environment.name=staging (read by the OpenTelemetry SDK)",
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER",
+        default: "parentbased_always_on",
+        meaning: "e.g. parentbased_traceidratio (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        default: "unset",
+        meaning: "e.g. 0.1 for the ratio samplers (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_HEADERS",
+        default: "unset",
+        meaning: "key=value,… sent with every export, e.g. an API key (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_TIMEOUT",
+        default: "10000",
+        meaning: "export timeout, ms (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_BSP_SCHEDULE_DELAY",
+        default: "5000",
+        meaning: "batch span processor delay, ms (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_BSP_MAX_QUEUE_SIZE",
+        default: "2048",
+        meaning: "spans buffered before new ones are dropped (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        default: "512",
+        meaning: "spans per export (read by the SDK)",
+    },
 ];
 
 /// How long shutdown waits for the last spans to reach the collector.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

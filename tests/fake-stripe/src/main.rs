@@ -6,7 +6,7 @@
 use std::net::TcpListener;
 
 use anyhow::Context;
-use fake_stripe::{DEFAULT_API_KEY, FakeStripe, PriceSpec};
+use fake_stripe::{ADDR_VARIABLE, DEFAULT_ADDR, DEFAULT_API_KEY, FakeStripe, PriceSpec};
 
 /// `(price id, name, price credits, product credits, unit amount)`.
 type SeedPrice = (
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         }
         anyhow::bail!("fake-stripe takes no arguments (got {arg:?}); see --help");
     }
-    let addr = std::env::var("FAKE_STRIPE_ADDR").unwrap_or_else(|_| "127.0.0.1:12111".to_owned());
+    let addr = std::env::var(ADDR_VARIABLE).unwrap_or_else(|_| DEFAULT_ADDR.to_owned());
     let key = std::env::var("FAKE_STRIPE_API_KEY").unwrap_or_else(|_| DEFAULT_API_KEY.to_owned());
     let listener = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
