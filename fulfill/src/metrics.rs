@@ -12,6 +12,19 @@ use prometheus_client::{
 };
 use shared::telemetry::metrics::{LATENCY_BUCKETS, register_build_info};
 
+/// The `endpoint` label of every Stripe call fulfill makes, created up front (with the
+/// statuses dashboards and alerts read: 200 and 429): prometheus-client leaves a family
+/// out of the scrape until it has a series.
+pub const STRIPE_ENDPOINTS: [&str; 7] = [
+    "checkout_sessions.retrieve",
+    "checkout_sessions.line_items",
+    "checkout_sessions.list",
+    "charges.retrieve",
+    "refunds.list",
+    "disputes.retrieve",
+    "events.list",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event_type: &'static str,
@@ -211,6 +224,24 @@ impl Metrics {
             database_up.clone(),
         );
         register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+        for endpoint in STRIPE_ENDPOINTS {
+            for status in ["200", "429"] {
+                let labels = StripeLabels {
+                    endpoint,
+                    status: status.to_owned(),
+                };
+                drop(stripe_requests.get_or_create(&labels));
+                drop(stripe_request_seconds.get_or_create(&labels));
+            }
+        }
+        for event_type in shared::topology::consumed_event_types() {
+            for outcome in ["retry", "dead_lettered"] {
+                drop(events.get_or_create(&EventLabels {
+                    event_type,
+                    outcome,
+                }));
+            }
+        }
         for queue in ["fulfill.checkout", "fulfill.retry", "fulfill.dead"] {
             drop(queue_messages.get_or_create(&QueueLabels { queue }));
         }
