@@ -1,13 +1,14 @@
-//! fulfill's configuration, built once from the environment (names per ../shared/CONTRACT.md).
+//! fulfill's configuration, built once from the environment (names per deploy/API.md).
 
 use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
 use shared::{
     config::{
-        AmqpConfig, ConfigError, Env, millis_or, optional, parsed_or, required, required_secret,
+        AMQP_VARIABLES, AmqpConfig, ConfigError, Env, Variable, millis_or, optional, parsed_or,
+        required, required_secret,
     },
-    telemetry::TelemetryConfig,
+    telemetry::{TELEMETRY_VARIABLES, TelemetryConfig},
 };
 
 use crate::{
@@ -32,6 +33,83 @@ pub const FULFILL_RETRY_BASE_MS: &str = "FULFILL_RETRY_BASE_MS";
 pub const FULFILL_RETRY_MAX_MS: &str = "FULFILL_RETRY_MAX_MS";
 pub const FULFILL_REFUND_POLICY: &str = "FULFILL_REFUND_POLICY";
 pub const FULFILL_RECONCILE_INTERVAL_SECS: &str = "FULFILL_RECONCILE_INTERVAL_SECS";
+
+/// Where fulfill listens unless `FULFILL_ADDR` says otherwise.
+pub const DEFAULT_ADDR: &str = "0.0.0.0:8081";
+/// The Stripe API unless `STRIPE_API_BASE` says otherwise.
+pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
+
+/// Every variable fulfill reads (its own, then the broker's and telemetry's), for `--help`.
+pub fn variables() -> Vec<Variable> {
+    let v = |name, default, meaning| Variable {
+        name,
+        default,
+        meaning,
+    };
+    [
+        v(STRIPE_SECRET_KEY, "required", "sk_… or restricted rk_… key"),
+        v(
+            STRIPE_API_BASE,
+            DEFAULT_STRIPE_API_BASE,
+            "Stripe API base URL",
+        ),
+        v(
+            STRIPE_RATE_LIMIT,
+            "25",
+            "Stripe operations/s for all fulfill processes together (shared through PostgreSQL)",
+        ),
+        v(STRIPE_TIMEOUT_MS, "10000", "timeout of one Stripe call"),
+        v(
+            STRIPE_MAX_RETRIES,
+            "3",
+            "in-process retries of a transient Stripe failure",
+        ),
+        v(STRIPE_BACKOFF_BASE_MS, "500", "first retry delay, doubling"),
+        v(DATABASE_URL, "required", "postgres://…"),
+        v(
+            DATABASE_POOL_SIZE,
+            "10",
+            "PostgreSQL connections per process, at least 1",
+        ),
+        v(FULFILL_ADDR, DEFAULT_ADDR, "HTTP listen address"),
+        v(
+            FULFILL_API_TOKEN,
+            "unset",
+            "when set, /users/*, /checkout/* and /attention need Authorization: Bearer …",
+        ),
+        v(FULFILL_CONCURRENCY, "16", "deliveries processed at once"),
+        v(
+            FULFILL_PREFETCH,
+            "32",
+            "unacknowledged deliveries the broker may push ahead",
+        ),
+        v(
+            FULFILL_MAX_ATTEMPTS,
+            "30",
+            "attempts before a transiently failing message is dead-lettered",
+        ),
+        v(
+            FULFILL_RETRY_BASE_MS,
+            "1000",
+            "first retry-queue delay, doubling",
+        ),
+        v(FULFILL_RETRY_MAX_MS, "60000", "longest retry-queue delay"),
+        v(
+            FULFILL_REFUND_POLICY,
+            "proportional",
+            "proportional or all_or_nothing",
+        ),
+        v(
+            FULFILL_RECONCILE_INTERVAL_SECS,
+            "0",
+            "also reconcile in the background this often (one process at a time); 0 = off",
+        ),
+    ]
+    .into_iter()
+    .chain(AMQP_VARIABLES)
+    .chain(TELEMETRY_VARIABLES)
+    .collect()
+}
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -80,7 +158,7 @@ impl Config {
             })?
         };
         let api_base =
-            optional(env, STRIPE_API_BASE).unwrap_or_else(|| "https://api.stripe.com".to_owned());
+            optional(env, STRIPE_API_BASE).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.to_owned());
         if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
             return Err(ConfigError::invalid(
                 STRIPE_API_BASE,
@@ -112,9 +190,16 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let database_pool_size: u32 = parsed_or(env, DATABASE_POOL_SIZE, 10)?;
+        if database_pool_size == 0 {
+            return Err(ConfigError::invalid(
+                DATABASE_POOL_SIZE,
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
             database_url: SecretString::from(database_url),
-            database_pool_size: parsed_or(env, DATABASE_POOL_SIZE, 10)?,
+            database_pool_size,
             stripe: StripeConfig {
                 secret_key,
                 mode,
@@ -126,7 +211,7 @@ impl Config {
                 backoff_base: millis_or(env, STRIPE_BACKOFF_BASE_MS, 500)?,
                 backoff_max: Duration::from_secs(10),
             },
-            addr: parsed_or(env, FULFILL_ADDR, SocketAddr::from(([0, 0, 0, 0], 8081)))?,
+            addr: parsed_or(env, FULFILL_ADDR, default_addr())?,
             api_token: optional(env, FULFILL_API_TOKEN).map(SecretString::from),
             consumer: ConsumerConfig {
                 concurrency,
@@ -144,6 +229,10 @@ impl Config {
             telemetry: TelemetryConfig::from_env(env)?,
         })
     }
+}
+
+fn default_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8081))
 }
 
 #[cfg(test)]
@@ -210,6 +299,32 @@ mod tests {
         let err = Config::from_env(&env(&[(STRIPE_SECRET_KEY, "sk_SOMEKEY")])).unwrap_err();
         assert!(err.to_string().contains(STRIPE_SECRET_KEY), "{err}");
         assert!(!err.to_string().contains("SOMEKEY"));
+    }
+
+    #[test]
+    fn refuses_an_empty_pool_by_name() {
+        let err = Config::from_env(&env(&[(DATABASE_POOL_SIZE, "0")])).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: DATABASE_POOL_SIZE,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_help_lists_every_variable_with_the_default_address() {
+        assert_eq!(default_addr().to_string(), DEFAULT_ADDR);
+        let names: Vec<&str> = variables().iter().map(|v| v.name).collect();
+        for name in [
+            DATABASE_URL,
+            DATABASE_POOL_SIZE,
+            FULFILL_RECONCILE_INTERVAL_SECS,
+            "AMQP_URL",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod domain;
 pub mod error;
 pub mod fulfillment;
+pub mod gauges;
 mod http;
 pub mod metrics;
 pub mod reconcile;

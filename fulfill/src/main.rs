@@ -13,7 +13,11 @@ use shared::{config::ProcessEnv, shutdown, telemetry};
 #[command(
     name = "fulfill",
     version,
-    about = "Turns paid Stripe Checkout Sessions into credits, exactly once"
+    about = "Turns paid Stripe Checkout Sessions into credits, exactly once",
+    after_help = shared::config::help(
+        "Every command is configured by environment only.",
+        &fulfill::config::variables()
+    )
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,11 +1,29 @@
-//! fulfill's Prometheus metrics.
+//! fulfill's Prometheus metrics: every family is registered here, up front, so a fresh
+//! scrape lists them all (a labelled family with no series yet shows its HELP and TYPE).
+//! The gauges of what waits in the broker and the database are refreshed by
+//! [`crate::gauges`]; API requests are counted by [`crate::http::request_metrics`].
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use shared::telemetry::metrics::LATENCY_BUCKETS;
+use shared::telemetry::metrics::{LATENCY_BUCKETS, register_build_info};
+
+/// The `endpoint` label of every Stripe call fulfill makes, created up front (with the
+/// statuses dashboards and alerts read: 200 and 429): prometheus-client leaves a family
+/// out of the scrape until it has a series.
+pub const STRIPE_ENDPOINTS: [&str; 7] = [
+    "checkout_sessions.retrieve",
+    "checkout_sessions.line_items",
+    "checkout_sessions.list",
+    "charges.retrieve",
+    "refunds.list",
+    "disputes.retrieve",
+    "events.list",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
@@ -22,6 +40,20 @@ pub struct StripeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    /// The route pattern (`/users/{user_id}/balance`), `unmatched` for unknown paths.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The queue's name without any `AMQP_TOPOLOGY_PREFIX`.
+    pub queue: &'static str,
 }
 
 #[derive(Debug)]
@@ -41,6 +73,16 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub reconcile_healed: Counter,
     pub broker_connected: Gauge,
+    pub api_requests: Family<RouteLabels, Counter>,
+    pub api_request_seconds: Family<RouteLabels, Histogram>,
+    pub stripe_request_seconds: Family<StripeLabels, Histogram>,
+    pub stripe_budget_wait_seconds: Histogram,
+    pub credits_reversed: Counter,
+    pub reconcile_last_success: Gauge<f64, AtomicU64>,
+    pub sessions_needing_attention: Gauge,
+    pub dead_letters_queued: Gauge,
+    pub queue_messages: Family<QueueLabels, Gauge>,
+    pub database_up: Gauge,
 }
 
 impl Metrics {
@@ -130,6 +172,96 @@ impl Metrics {
             "1 while consuming from RabbitMQ",
             broker_connected.clone(),
         );
+        let api_requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "HTTP API requests by method, route pattern and status",
+            api_requests.clone(),
+        );
+        let api_request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BUCKETS)
+        });
+        registry.register(
+            "api_request_duration_seconds",
+            "HTTP API request latency by method, route pattern and status",
+            api_request_seconds.clone(),
+        );
+        let stripe_request_seconds =
+            Family::<StripeLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS)
+            });
+        registry.register(
+            "stripe_request_duration_seconds",
+            "Stripe API call latency (one attempt, after the rate budget granted it) by endpoint and status",
+            stripe_request_seconds.clone(),
+        );
+        let stripe_budget_wait_seconds = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "stripe_budget_wait_duration_seconds",
+            "Time a Stripe call waited for its slot in the shared rate budget (STRIPE_RATE_LIMIT, 429 pauses)",
+            stripe_budget_wait_seconds.clone(),
+        );
+        let credits_reversed = Counter::default();
+        registry.register(
+            "credits_reversed",
+            "Credits taken back by refunds and disputes (a dispute won gives them back and does not count)",
+            credits_reversed.clone(),
+        );
+        let reconcile_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "reconcile_last_success_timestamp_seconds",
+            "When the last reconciliation that went through without errors started (Unix time, any process; 0 = never)",
+            reconcile_last_success.clone(),
+        );
+        let sessions_needing_attention = Gauge::default();
+        registry.register(
+            "sessions_needing_attention",
+            "Sessions in GET /attention now (not credited, or flagged after a reversal)",
+            sessions_needing_attention.clone(),
+        );
+        let dead_letters_queued = Gauge::default();
+        registry.register(
+            "dead_letters_queued",
+            "Messages waiting in the dead-letter queue now",
+            dead_letters_queued.clone(),
+        );
+        let queue_messages = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_messages",
+            "Messages ready in fulfill's queues (checkout, retry, dead), by queue",
+            queue_messages.clone(),
+        );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 while PostgreSQL answers (what /readyz/api needs)",
+            database_up.clone(),
+        );
+        register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+        for endpoint in STRIPE_ENDPOINTS {
+            for status in ["200", "429"] {
+                let labels = StripeLabels {
+                    endpoint,
+                    status: status.to_owned(),
+                };
+                drop(stripe_requests.get_or_create(&labels));
+                drop(stripe_request_seconds.get_or_create(&labels));
+            }
+        }
+        for event_type in shared::topology::consumed_event_types() {
+            for outcome in ["retry", "dead_lettered"] {
+                drop(events.get_or_create(&EventLabels {
+                    event_type,
+                    outcome,
+                }));
+            }
+        }
+        for queue in ["fulfill.checkout", "fulfill.retry", "fulfill.dead"] {
+            drop(queue_messages.get_or_create(&QueueLabels { queue }));
+        }
+        for kind in ["poison", "permanent", "exhausted"] {
+            drop(dead_letters.get_or_create(&KindLabels { kind }));
+        }
         Self {
             registry,
             events,
@@ -146,6 +278,16 @@ impl Metrics {
             in_flight,
             reconcile_healed,
             broker_connected,
+            api_requests,
+            api_request_seconds,
+            stripe_request_seconds,
+            stripe_budget_wait_seconds,
+            credits_reversed,
+            reconcile_last_success,
+            sessions_needing_attention,
+            dead_letters_queued,
+            queue_messages,
+            database_up,
         }
     }
 

@@ -7,7 +7,7 @@ use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 use secrecy::SecretString;
-use shared::telemetry::{http::server_span, metrics::render, otlp_metrics};
+use shared::telemetry::http::server_span;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     services::Services,
 };
 
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long start-up keeps retrying migrations while PostgreSQL is unreachable.
 const MIGRATION_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -37,8 +37,6 @@ pub struct Application {
     server: Server,
     consumer: Consumer,
     background: CancellationToken,
-    /// Pushes `/metrics` over OTLP when configured.
-    metrics_export: Option<otlp_metrics::MetricsExporter>,
 }
 
 impl Application {
@@ -53,10 +51,6 @@ impl Application {
             fulfiller,
             ..
         } = services.clone();
-        let metrics_export = otlp_metrics::spawn("fulfill", config.telemetry.metrics.as_ref(), {
-            let metrics = Arc::clone(&metrics);
-            move || render(&metrics.registry)
-        });
         let consumer = Consumer::start(config.amqp.clone(), config.consumer.clone(), &services);
         let background = CancellationToken::new();
         if let Some(every) = config.reconcile_interval {
@@ -66,6 +60,12 @@ impl Application {
                 background.clone(),
             ));
         }
+        tokio::spawn(crate::gauges::run(
+            config.amqp.clone(),
+            pool.clone(),
+            Arc::clone(&metrics),
+            background.clone(),
+        ));
         let state = web::Data::new(AppState::new(
             pool,
             fulfiller,
@@ -76,6 +76,7 @@ impl Application {
         ));
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::request_metrics::record))
                 .wrap(from_fn(server_span))
                 .app_data(state.clone())
                 .configure(http::configure)
@@ -92,7 +93,6 @@ impl Application {
             server,
             consumer,
             background,
-            metrics_export,
         })
     }
 
@@ -109,21 +109,12 @@ impl Application {
             () = shutdown.cancelled() => {
                 tracing::info!("stopping: no new requests or deliveries, finishing in-flight work");
                 let (_, served, ()) = tokio::join!(handle.stop(true), &mut server, self.consumer.stop());
-                // Last, so the final export counts every delivery drained above.
-                flush_metrics(self.metrics_export).await;
                 tracing::info!("fulfill stopped");
                 return flatten(served);
             }
         };
         self.consumer.stop().await;
-        flush_metrics(self.metrics_export).await;
         flatten(served)
-    }
-}
-
-async fn flush_metrics(export: Option<otlp_metrics::MetricsExporter>) {
-    if let Some(export) = export {
-        export.shutdown().await;
     }
 }
 

@@ -1,10 +1,13 @@
-//! ingest's configuration, built once from the environment (names per ../shared/CONTRACT.md).
+//! ingest's configuration, built once from the environment (names per deploy/API.md).
 
 use std::{net::SocketAddr, time::Duration};
 
 use shared::{
-    config::{AmqpConfig, ConfigError, Env, millis_or, parsed_or, required, seconds_or},
-    telemetry::TelemetryConfig,
+    config::{
+        AMQP_VARIABLES, AmqpConfig, ConfigError, Env, Variable, millis_or, parsed_or, required,
+        seconds_or,
+    },
+    telemetry::{TELEMETRY_VARIABLES, TelemetryConfig},
 };
 
 use crate::signature::WebhookSecret;
@@ -17,6 +20,59 @@ pub const INGEST_PUBLISH_TIMEOUT_MS: &str = "INGEST_PUBLISH_TIMEOUT_MS";
 pub const INGEST_PUBLISH_CHANNELS: &str = "INGEST_PUBLISH_CHANNELS";
 pub const INGEST_BODY_TIMEOUT_MS: &str = "INGEST_BODY_TIMEOUT_MS";
 pub const INGEST_WORKERS: &str = "INGEST_WORKERS";
+
+/// Where ingest listens unless `INGEST_ADDR` says otherwise.
+pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
+
+/// Every variable ingest reads (its own, then the broker's and telemetry's), for `--help`.
+pub fn variables() -> Vec<Variable> {
+    let own = [
+        Variable {
+            name: STRIPE_WEBHOOK_SECRET,
+            default: "required",
+            meaning: "one or more whsec_… signing secrets, comma-separated (rotation)",
+        },
+        Variable {
+            name: STRIPE_WEBHOOK_TOLERANCE_SECS,
+            default: "300",
+            meaning: "max age (and future skew) of a signature, seconds",
+        },
+        Variable {
+            name: INGEST_ADDR,
+            default: DEFAULT_ADDR,
+            meaning: "HTTP listen address",
+        },
+        Variable {
+            name: INGEST_BODY_LIMIT_BYTES,
+            default: "1048576",
+            meaning: "larger bodies get 413",
+        },
+        Variable {
+            name: INGEST_PUBLISH_TIMEOUT_MS,
+            default: "5000",
+            meaning: "wait this long for the broker's confirm, then answer 503",
+        },
+        Variable {
+            name: INGEST_PUBLISH_CHANNELS,
+            default: "4",
+            meaning: "confirm channels publishes are spread over",
+        },
+        Variable {
+            name: INGEST_BODY_TIMEOUT_MS,
+            default: "10000",
+            meaning: "clients that take longer to send the body get 408",
+        },
+        Variable {
+            name: INGEST_WORKERS,
+            default: "0",
+            meaning: "HTTP worker threads; 0 = one per CPU core the process sees",
+        },
+    ];
+    own.into_iter()
+        .chain(AMQP_VARIABLES)
+        .chain(TELEMETRY_VARIABLES)
+        .collect()
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,7 +118,7 @@ impl Config {
         Ok(Self {
             webhook_secrets,
             tolerance: seconds_or(env, STRIPE_WEBHOOK_TOLERANCE_SECS, 300)?,
-            addr: parsed_or(env, INGEST_ADDR, SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            addr: parsed_or(env, INGEST_ADDR, default_addr())?,
             body_limit: parsed_or(env, INGEST_BODY_LIMIT_BYTES, 1024 * 1024)?,
             publish_timeout: millis_or(env, INGEST_PUBLISH_TIMEOUT_MS, 5_000)?,
             publish_channels,
@@ -72,6 +128,10 @@ impl Config {
             telemetry: TelemetryConfig::from_env(env)?,
         })
     }
+}
+
+fn default_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 
 #[cfg(test)]
@@ -88,6 +148,21 @@ mod tests {
         assert_eq!(cfg.tolerance, Duration::from_secs(300));
         assert_eq!(cfg.addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(cfg.body_limit, 1024 * 1024);
+    }
+
+    #[test]
+    fn the_help_lists_every_variable_with_the_default_address() {
+        assert_eq!(default_addr().to_string(), DEFAULT_ADDR);
+        let names: Vec<&str> = variables().iter().map(|v| v.name).collect();
+        for name in [
+            STRIPE_WEBHOOK_SECRET,
+            INGEST_ADDR,
+            INGEST_WORKERS,
+            "AMQP_URL",
+            "LOG_FORMAT",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl WebhookError {
             Self::Signature(_) => "bad_signature",
             Self::Envelope(_) => "bad_payload",
             Self::TooLarge { .. } => "too_large",
-            Self::BodyTimeout | Self::Body(_) => "bad_body",
+            Self::BodyTimeout => "body_timeout",
+            Self::Body(_) => "bad_body",
             Self::Publish(_) => "unavailable",
         }
     }

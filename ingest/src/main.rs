@@ -6,8 +6,19 @@ use shared::{config::ProcessEnv, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if let Some(arg) = std::env::args().nth(1) {
-        anyhow::bail!("ingest takes no arguments (got {arg:?}); it is configured by environment");
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{}", help());
+            return Ok(());
+        }
+        Some("-V" | "--version") => {
+            println!("ingest {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Some(arg) => anyhow::bail!(
+            "ingest takes no arguments (got {arg:?}); it is configured by environment (see --help)"
+        ),
     }
     let config = Config::from_env(&ProcessEnv).context("invalid configuration")?;
     let telemetry = telemetry::init("ingest", &config.telemetry);
@@ -22,4 +33,13 @@ async fn main() -> anyhow::Result<()> {
     // Last: the spans of the requests drained above are complete only now.
     telemetry.shutdown();
     stopped
+}
+
+fn help() -> String {
+    shared::config::help(
+        "ingest: receives Stripe webhooks, verifies Stripe-Signature and publishes them to \
+         RabbitMQ, answering 200 only after the broker's confirm.\n\n\
+         Usage: ingest [-h|--help] [-V|--version]   (configured by environment only)",
+        &ingest::config::variables(),
+    )
 }

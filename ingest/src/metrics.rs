@@ -1,11 +1,28 @@
-//! ingest's Prometheus metrics.
+//! ingest's Prometheus metrics, every family registered (and every known label value
+//! created) up front, so a fresh scrape lists them all.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use shared::telemetry::metrics::LATENCY_BUCKETS;
+use shared::telemetry::metrics::{LATENCY_BUCKETS, register_build_info};
+
+/// The `outcome` of a webhook request: accepted, or which rejection
+/// ([`crate::error::WebhookError::outcome`]).
+pub const OUTCOMES: [&str; 7] = [
+    "accepted",
+    "bad_signature",
+    "bad_payload",
+    "too_large",
+    "body_timeout",
+    "bad_body",
+    "unavailable",
+];
+
+/// The `result` of a publish ([`crate::publisher`]).
+pub const PUBLISH_RESULTS: [&str; 6] =
+    ["ack", "nack", "returned", "timeout", "error", "unavailable"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -37,7 +54,7 @@ impl Metrics {
         let requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhook_requests",
-            "Webhook requests by outcome (accepted, bad_signature, bad_payload, too_large, body_timeout, unavailable)",
+            "Webhook requests by outcome (accepted; rejected: bad_signature, bad_payload, too_large, body_timeout, bad_body; unavailable: answered 503)",
             requests.clone(),
         );
         let verification_failures = Family::<ReasonLabels, Counter>::default();
@@ -60,6 +77,13 @@ impl Metrics {
             "1 when a confirm channel to RabbitMQ is open",
             broker_connected.clone(),
         );
+        register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+        for outcome in OUTCOMES {
+            drop(requests.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for result in PUBLISH_RESULTS {
+            drop(publish_seconds.get_or_create(&ResultLabels { result }));
+        }
         Self {
             registry,
             requests,

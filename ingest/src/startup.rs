@@ -5,7 +5,7 @@
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
-use shared::telemetry::{http::server_span, metrics::render, otlp_metrics};
+use shared::telemetry::http::server_span;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// How long in-flight requests get to finish on shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// What every request handler reads.
 pub struct AppState {
@@ -31,8 +31,6 @@ pub struct Application {
     server: Server,
     publisher: Publisher,
     supervisor: JoinHandle<()>,
-    /// Pushes `/metrics` over OTLP when configured.
-    metrics_export: Option<otlp_metrics::MetricsExporter>,
 }
 
 impl Application {
@@ -43,10 +41,6 @@ impl Application {
         let listener = TcpListener::bind(config.addr)?;
         let port = listener.local_addr()?.port();
         let metrics = Arc::new(Metrics::new());
-        let metrics_export = otlp_metrics::spawn("ingest", config.telemetry.metrics.as_ref(), {
-            let metrics = Arc::clone(&metrics);
-            move || render(&metrics.registry)
-        });
         let (publisher, supervisor) = Publisher::start(
             config.amqp.clone(),
             config.publish_channels,
@@ -81,7 +75,6 @@ impl Application {
             server: server.run(),
             publisher,
             supervisor,
-            metrics_export,
         })
     }
 
@@ -102,10 +95,6 @@ impl Application {
         };
         self.publisher.close().await;
         let _ = self.supervisor.await;
-        // Last, so the final export counts every request drained above.
-        if let Some(export) = self.metrics_export {
-            export.shutdown().await;
-        }
         tracing::info!("ingest stopped");
         match served {
             Ok(result) => result,

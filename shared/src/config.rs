@@ -95,9 +95,47 @@ pub fn millis_or(env: &dyn Env, name: &'static str, default: u64) -> Result<Dura
     parsed_or(env, name, default).map(Duration::from_millis)
 }
 
+/// One environment variable a binary reads: what `--help` lists, and what the deploy
+/// checks compare the deployment files with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variable {
+    pub name: &'static str,
+    /// The default as people write it; `"required"` or `"unset"` when there is none.
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// The `--help` text of a service configured by environment only: `usage`, then one
+/// line per variable (`  NAME  [default]  meaning`).
+pub fn help(usage: &str, variables: &[Variable]) -> String {
+    let width = variables.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut out = format!("{usage}\n\nEnvironment variables:\n");
+    for v in variables {
+        out.push_str(&format!(
+            "  {:width$}  [{}]  {}\n",
+            v.name, v.default, v.meaning
+        ));
+    }
+    out
+}
+
 pub const AMQP_URL: &str = "AMQP_URL";
 pub const AMQP_TOPOLOGY_PREFIX: &str = "AMQP_TOPOLOGY_PREFIX";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The broker variables both services read.
+pub const AMQP_VARIABLES: [Variable; 2] = [
+    Variable {
+        name: AMQP_URL,
+        default: DEFAULT_AMQP_URL,
+        meaning: "RabbitMQ (amqp:// or amqps://)",
+    },
+    Variable {
+        name: AMQP_TOPOLOGY_PREFIX,
+        default: "empty",
+        meaning: "prefix for every exchange and queue name (for tests)",
+    },
+];
 
 /// How to reach RabbitMQ and which names to use there.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! The credits rule (README, "Credits rule"), as a pure function of the refetched session.
+//! The credits rule (deploy/API.md, "Credits rule"), as a pure function of the refetched session.
 //!
 //! - Who: `client_reference_id`, else `metadata.user_id`.
 //! - How many: Σ quantity × credits per unit, where credits per unit is

@@ -381,6 +381,11 @@ impl Fulfiller {
         if state.credited_now {
             tracing::info!(user_id = ?state.user_id, credits = ?state.credits, "session credited");
         }
+        if persisted.taken_back > 0 {
+            self.metrics
+                .credits_reversed
+                .inc_by(persisted.taken_back.unsigned_abs());
+        }
         if persisted.taken_back != 0 {
             tracing::info!(user_id = ?state.user_id, delta = -persisted.taken_back, reversed = state.reversed_credits, "credits taken back or given back");
         }

@@ -1,5 +1,5 @@
-//! `FULFILL_API_TOKEN`: when set, balance, ledger and checkout endpoints require
-//! `Authorization: Bearer <token>`; health and metrics stay open.
+//! `FULFILL_API_TOKEN`: when set, the balance, ledger, checkout and `/attention` endpoints
+//! require `Authorization: Bearer <token>`; health, readiness and metrics stay open.
 
 use std::future::{Ready, ready};
 

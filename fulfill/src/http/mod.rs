@@ -7,6 +7,7 @@ mod fulfill;
 mod health;
 mod ledger;
 mod metrics;
+pub mod request_metrics;
 
 use std::sync::{
     Arc,
@@ -73,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/attention", web::get().to(attention::attention))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/readyz/api", web::get().to(health::readyz_api))
         .route("/metrics", web::get().to(metrics::metrics));
 }
 

@@ -180,7 +180,11 @@ impl StripeClient {
         query: &[(&str, &str)],
         attempt: u32,
     ) -> Result<T, StripeError> {
+        let waiting = std::time::Instant::now();
         self.limiter.acquire().await?;
+        self.metrics
+            .stripe_budget_wait_seconds
+            .observe(waiting.elapsed().as_secs_f64());
         let url = format!("{}{path}", self.config.api_base.trim_end_matches('/'));
         let span = client_span(&url, endpoint, attempt);
         let result = self
@@ -200,6 +204,7 @@ impl StripeClient {
         url: &str,
         query: &[(&str, &str)],
     ) -> Result<T, StripeError> {
+        let started = std::time::Instant::now();
         let sent = self
             .http
             .get(url)
@@ -239,10 +244,12 @@ impl StripeClient {
             Ok(_) => "200".to_owned(),
             Err(e) => e.status_label(),
         };
+        let labels = StripeLabels { endpoint, status };
         self.metrics
-            .stripe_requests
-            .get_or_create(&StripeLabels { endpoint, status })
-            .inc();
+            .stripe_request_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.stripe_requests.get_or_create(&labels).inc();
         result
     }
 }

@@ -3,7 +3,7 @@
 use fake_stripe::{PriceSpec, SessionSpec};
 use serde_json::Value;
 
-use crate::helpers::{Options, World, encode, metric};
+use crate::helpers::{Options, World, encode, eventually, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_never_credited_has_a_zero_balance_and_an_empty_ledger() {
@@ -99,6 +99,7 @@ async fn with_a_token_set_balances_and_checkout_need_it_but_health_and_metrics_d
         "/users/u/balance",
         "/users/u/ledger",
         "/checkout/sessions/cs_test_x",
+        "/attention",
     ] {
         let r = app.get(c, path).await;
         assert_eq!(r.status(), 401, "{path}");
@@ -127,11 +128,74 @@ async fn with_a_token_set_balances_and_checkout_need_it_but_health_and_metrics_d
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/readyz/api", "/metrics"] {
         assert_eq!(app.get(c, path).await.status(), 200, "{path}");
     }
     let m = app.metrics(c).await;
     assert!(!m.contains("s3cret-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_counted_and_timed_by_route_pattern_and_status() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let c = &world.client;
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            app.get(c, &format!("/users/{user}/balance")).await.status(),
+            200
+        );
+    }
+    assert_eq!(app.get(c, "/no/such/route").await.status(), 404);
+    let m = app.metrics(c).await;
+    assert_eq!(
+        metric(
+            &m,
+            "fulfill_api_requests_total{method=\"GET\",route=\"/users/{user_id}/balance\",status=\"200\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "fulfill_api_request_duration_seconds_count{method=\"GET\",route=\"/users/{user_id}/balance\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert!(
+        m.contains("route=\"unmatched\",status=\"404\""),
+        "unknown paths share one series: {m}"
+    );
+    assert!(!m.contains("alice"), "no raw path in a label");
+    assert!(m.contains("fulfill_build_info{version=\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_broker_the_api_stays_ready_and_readyz_says_what_is_down() {
+    let world = World::new().await;
+    let app = world
+        .start(&Options {
+            via_proxy: true,
+            ..Options::default()
+        })
+        .await;
+    let c = &world.client;
+    app.cut_broker();
+    let body = eventually(|| async {
+        let r = app.get(c, "/readyz").await;
+        (r.status() == 503).then_some(())?;
+        r.json::<serde_json::Value>().await.ok()
+    })
+    .await;
+    assert_eq!(body["broker"], "down");
+    assert_eq!(body["database"], "up");
+    let r = app.get(c, "/readyz/api").await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["consuming"], false);
+    assert_eq!(body["serving_api"], true);
+    assert_eq!(app.get(c, "/users/u/balance").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

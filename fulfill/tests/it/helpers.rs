@@ -111,7 +111,6 @@ impl World {
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Text,
                 otlp: None,
-                metrics: None,
             },
         }
     }

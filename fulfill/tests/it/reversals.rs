@@ -4,7 +4,7 @@ use fake_stripe::{PriceSpec, SessionSpec};
 use fulfill::domain::target::RefundPolicy;
 use serde_json::Value;
 
-use crate::helpers::{Instance, Options, World};
+use crate::helpers::{Instance, Options, World, metric};
 
 const COMPLETED: &str = "checkout.session.completed";
 const REFUNDED: &str = "charge.refunded";
@@ -63,6 +63,18 @@ async fn a_full_refund_takes_back_every_credit_once() {
         ledger(&world, &app, "refunded").await,
         vec![(10, "purchase".into()), (-10, "refund".into())]
     );
+    // Counted once, however often the refund was delivered; the Stripe calls were timed,
+    // each after waiting its turn in the rate budget.
+    let m = app.metrics(&world.client).await;
+    assert_eq!(metric(&m, "fulfill_credits_reversed_total"), 10.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "fulfill_stripe_request_duration_seconds_count{endpoint=\"charges.retrieve\",status=\"200\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "fulfill_stripe_budget_wait_duration_seconds_count") >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,12 @@ async fn a_slow_client_is_cut_off_by_the_body_timeout() {
     .unwrap();
     assert_eq!(status, 408);
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Counted as what it is.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("ingest_webhook_requests_total{outcome=\"body_timeout\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -72,7 +72,6 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         telemetry: TelemetryConfig {
             log_format: shared::telemetry::LogFormat::Text,
             otlp: None,
-            metrics: None,
         },
     };
     let app = Application::build(config).expect("build ingest");

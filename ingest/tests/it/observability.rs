@@ -24,13 +24,23 @@ async fn metrics_count_requests_by_outcome_and_failures_by_reason() {
 
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
+    // prometheus-client writes OpenMetrics text, and /metrics says so.
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let m = response.text().await.unwrap();
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    // Every outcome the HELP names has a series from the start.
+    for outcome in ingest::metrics::OUTCOMES {
+        assert!(
+            m.contains(&format!(
+                "ingest_webhook_requests_total{{outcome=\"{outcome}\"}}"
+            )),
+            "{outcome}: {m}"
+        );
+    }
+    assert!(m.contains("ingest_build_info{version=\""), "{m}");
     assert_eq!(
         counter(&m, "ingest_webhook_requests_total{outcome=\"accepted\"}"),
         2.0,

@@ -20,7 +20,7 @@ use tracing::{Instrument, field::Empty};
 
 /// Probes and scrapes, every few seconds each: spans for them would bury the requests
 /// that matter. They are still counted in logs by nothing and in metrics by the scraper.
-const UNTRACED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+const UNTRACED: [&str; 4] = ["/healthz", "/readyz", "/readyz/api", "/metrics"];
 
 pub async fn server_span<B: MessageBody>(
     request: ServiceRequest,

@@ -1,9 +1,11 @@
 //! Prometheus text exposition shared by both services' `/metrics`.
 
-use prometheus_client::{encoding::text::encode, registry::Registry};
+use prometheus_client::{encoding::text::encode, metrics::info::Info, registry::Registry};
 
-/// The content type Prometheus scrapers expect for the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What [`render`] writes: prometheus-client encodes the OpenMetrics text format (`# EOF`
+/// at the end, counters as `_total`), which Prometheus negotiates and parses as such.
+/// <https://prometheus.io/docs/specs/om/open_metrics_spec/#overall-structure>
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds, from sub-millisecond publishes to slow Stripe calls.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -16,4 +18,14 @@ pub fn render(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, registry);
     out
+}
+
+/// `{prefix}_build_info{version="…"} 1`: which build a process runs (an OpenMetrics info
+/// metric, which Prometheus reads as a gauge).
+pub fn register_build_info(registry: &mut Registry, version: &'static str) {
+    registry.register(
+        "build",
+        "The running build: the crate version",
+        Info::new(vec![("version", version)]),
+    );
 }

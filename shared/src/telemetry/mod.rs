@@ -11,13 +11,13 @@
 //! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, …) are read by
 //! the SDK itself. Without an endpoint the layer is not installed at all, so spans cost
 //! what they cost before. W3C trace context crosses the broker in AMQP headers
-//! ([`propagation`]). Under the same rules (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
-//! `OTEL_METRICS_EXPORTER`), the Prometheus registries are pushed too ([`otlp_metrics`]).
+//! ([`propagation`]). Metrics are not exported over OTLP: they are scraped from
+//! `/metrics` ([`metrics`]); an OpenTelemetry Collector's `prometheus` receiver can scrape
+//! them for an OTLP pipeline.
 //! <https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/>
 
 pub mod http;
 pub mod metrics;
-pub mod otlp_metrics;
 pub mod propagation;
 
 use std::time::Duration;
@@ -35,7 +35,7 @@ use tracing_subscriber::{
     EnvFilter, Layer, Registry, fmt, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
-use crate::config::{ConfigError, Env, optional};
+use crate::config::{ConfigError, Env, Variable, optional};
 
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -46,8 +46,98 @@ pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 
+/// The telemetry variables of both services: those our code reads, then the standard ones
+/// the OpenTelemetry SDK reads itself when traces are exported.
+pub const TELEMETRY_VARIABLES: [Variable; 17] = [
+    Variable {
+        name: LOG_FORMAT,
+        default: "text",
+        meaning: "`json` for one JSON object per line",
+    },
+    Variable {
+        name: "RUST_LOG",
+        default: "info,lapin=warn,actix_server=warn",
+        meaning: "log filter (tracing-subscriber EnvFilter)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_ENDPOINT,
+        default: "unset",
+        meaning: "collector base URL: traces go to {endpoint}/v1/traces (off when unset)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        default: "unset",
+        meaning: "full traces URL, wins over OTEL_EXPORTER_OTLP_ENDPOINT",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_PROTOCOL,
+        default: "http/protobuf",
+        meaning: "or http/json (gRPC is not built in)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+        default: "unset",
+        meaning: "wins over OTEL_EXPORTER_OTLP_PROTOCOL for traces",
+    },
+    Variable {
+        name: OTEL_SERVICE_NAME,
+        default: "the binary's name",
+        meaning: "service.name of the spans",
+    },
+    Variable {
+        name: OTEL_SDK_DISABLED,
+        default: "false",
+        meaning: "`true`: no export, even with an endpoint",
+    },
+    Variable {
+        name: OTEL_TRACES_EXPORTER,
+        default: "otlp",
+        meaning: "`none`: no trace export, even with an endpoint",
+    },
+    Variable {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        default: "unset",
+        meaning: "e.g. deployment.environment.name=staging (read by the OpenTelemetry SDK)",
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER",
+        default: "parentbased_always_on",
+        meaning: "e.g. parentbased_traceidratio (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        default: "unset",
+        meaning: "e.g. 0.1 for the ratio samplers (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_HEADERS",
+        default: "unset",
+        meaning: "key=value,… sent with every export, e.g. an API key (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_TIMEOUT",
+        default: "10000",
+        meaning: "export timeout, ms (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_BSP_SCHEDULE_DELAY",
+        default: "5000",
+        meaning: "batch span processor delay, ms (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_BSP_MAX_QUEUE_SIZE",
+        default: "2048",
+        meaning: "spans buffered before new ones are dropped (read by the SDK)",
+    },
+    Variable {
+        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        default: "512",
+        meaning: "spans per export (read by the SDK)",
+    },
+];
+
 /// How long shutdown waits for the last spans to reach the collector.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -86,8 +176,6 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `None`: no endpoint (or the SDK disabled), traces are not exported.
     pub otlp: Option<OtlpConfig>,
-    /// `None`: metrics are only scraped from `/metrics`, not pushed ([`otlp_metrics`]).
-    pub metrics: Option<otlp_metrics::OtlpMetricsConfig>,
 }
 
 impl TelemetryConfig {
@@ -105,7 +193,6 @@ impl TelemetryConfig {
         Ok(Self {
             log_format,
             otlp: OtlpConfig::from_env(env)?,
-            metrics: otlp_metrics::OtlpMetricsConfig::from_env(env)?,
         })
     }
 }

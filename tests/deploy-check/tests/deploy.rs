@@ -1,38 +1,37 @@
-//! The deployment files agree with the Compose schema and with the code.
+//! The deployment files agree with the Compose schema and with what the binaries do.
 //!
 //! Nothing here builds an image or starts a container: the checks read
 //! `docker-compose.yml`, `deploy/Dockerfile`, `.dockerignore` and `deploy/k8s/*.yaml`, and
 //! compare what they set (environment variables, ports, probes, binaries, queue names)
-//! with what the Rust sources of ingest, fulfill, shared and fake-stripe actually read.
+//! with what the real binaries say (`--help` lists every variable each one reads), with
+//! the constants the crates export (default addresses, shutdown timings, queue names),
+//! and with a real start of each service on the port the files configure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Component, Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
 };
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 // ---------------------------------------------------------------------------------------
-// What the code says
+// What the binaries and crates say
 // ---------------------------------------------------------------------------------------
 
-/// The services we build, with the package and binary of each.
-const OUR_SERVICES: [&str; 3] = ["ingest", "fulfill", "fake-stripe"];
+/// The compose services we build, each with the binary it runs.
+const OUR_SERVICES: [(&str, &str); 4] = [
+    ("ingest", "ingest"),
+    ("fulfill", "fulfill"),
+    ("fulfill-stripe", "fulfill"),
+    ("fake-stripe", "fake-stripe"),
+];
 
-/// Read by tracing-subscriber's `EnvFilter::try_from_default_env`, not by our code.
-const READ_BY_LIBRARIES: [&str; 1] = ["RUST_LOG"];
-
-/// Families of variables read by a library rather than by our code: `OTEL_*` is the
-/// OpenTelemetry SDK's standard configuration (`OTEL_SERVICE_NAME`,
-/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, …), read by
-/// opentelemetry_sdk and opentelemetry-otlp, which `shared` links (checked below).
-const READ_BY_LIBRARY_PREFIXES: [(&str, &[&str]); 1] =
-    [("OTEL_", &["opentelemetry_sdk", "opentelemetry-otlp"])];
-
-/// Crates whose sources end up in our images (and whose env reads count).
+/// Crates whose sources are compiled into our images (for what they embed at build time).
 const SOURCE_DIRS: [&str; 4] = ["ingest", "fulfill", "shared", "tests/fake-stripe"];
 
 /// The uid the runtime image runs as (Dockerfile `USER`) and Kubernetes asks for.
@@ -85,115 +84,177 @@ fn rust_sources() -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// Whether some source holds the string literal `"NAME"` (a `const X: &str = "NAME"` or a
-/// direct `std::env::var("NAME")`), or the variable is read by a library we use.
-fn env_is_read(sources: &[(PathBuf, String)], name: &str) -> bool {
-    let literal = format!("\"{name}\"");
-    READ_BY_LIBRARIES.contains(&name)
-        || READ_BY_LIBRARY_PREFIXES
-            .iter()
-            .any(|(prefix, _)| name.starts_with(prefix))
-        || sources.iter().any(|(_, text)| text.contains(&literal))
+/// The binary a compose service runs.
+fn binary_of(service: &str) -> &'static str {
+    OUR_SERVICES
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, bin)| *bin)
+        .unwrap_or_else(|| panic!("not our service: {service}"))
 }
 
-#[test]
-fn variable_families_are_allowed_only_while_the_library_reading_them_is_linked() {
-    let manifest: toml::Table = read("shared/Cargo.toml").parse().unwrap();
-    let dependencies = manifest["dependencies"].as_table().unwrap();
-    for (prefix, crates) in READ_BY_LIBRARY_PREFIXES {
-        for krate in crates {
-            assert!(
-                dependencies.contains_key(*krate),
-                "{prefix}* variables are allowed because shared links {krate}, which it no longer does"
-            );
-        }
+/// What `<binary> --help` prints (the binaries are built once per test run).
+fn help(binary: &str) -> String {
+    static HELPS: OnceLock<BTreeMap<&'static str, String>> = OnceLock::new();
+    let helps = HELPS.get_or_init(|| {
+        let dir = e2e::binaries();
+        ["ingest", "fulfill", "fake-stripe"]
+            .into_iter()
+            .map(|bin| {
+                let out = Command::new(dir.join(bin))
+                    .arg("--help")
+                    .env_clear()
+                    .output()
+                    .unwrap_or_else(|e| panic!("cannot run {bin} --help: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{bin} --help failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (bin, String::from_utf8(out.stdout).unwrap())
+            })
+            .collect()
+    });
+    helps
+        .get(binary)
+        .unwrap_or_else(|| panic!("not our binary: {binary}"))
+        .clone()
+}
+
+/// The variables `--help` lists, with the default it shows for each: the lines after
+/// "Environment variables:" that read `  NAME  [default]  meaning`.
+fn help_variables(binary: &str) -> BTreeMap<String, String> {
+    let text = help(binary);
+    let list = text
+        .split("Environment variables:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{binary} --help lists no environment variables:\n{text}"));
+    list.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let (name, rest) = line.split_once(char::is_whitespace)?;
+            let is_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            let default = rest.trim().strip_prefix('[')?.split_once(']')?.0;
+            is_name.then(|| (name.to_owned(), default.to_owned()))
+        })
+        .collect()
+}
+
+/// The port of an `ip:port` address.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+/// The default listen address of a binary, as its crate exports it.
+fn default_addr(binary: &str) -> &'static str {
+    match binary {
+        "ingest" => ingest::config::DEFAULT_ADDR,
+        "fulfill" => fulfill::config::DEFAULT_ADDR,
+        "fake-stripe" => fake_stripe::DEFAULT_ADDR,
+        other => panic!("not our binary: {other}"),
     }
 }
 
-fn last_number(text: &str) -> Option<u16> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .rfind(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
+/// The variable that sets a binary's listen address.
+fn addr_variable(binary: &str) -> &'static str {
+    match binary {
+        "ingest" => ingest::config::INGEST_ADDR,
+        "fulfill" => fulfill::config::FULFILL_ADDR,
+        "fake-stripe" => fake_stripe::ADDR_VARIABLE,
+        other => panic!("not our binary: {other}"),
+    }
 }
 
-/// The default listen port of a service, from the statement in its source that reads the
-/// address variable (up to the end of that expression).
+/// The default port of the binary a compose service (or k8s Deployment) runs.
 fn default_port(service: &str) -> u16 {
-    let (file, anchor) = match service {
-        "ingest" => ("ingest/src/config.rs", "parsed_or(env, INGEST_ADDR,"),
-        "fulfill" => ("fulfill/src/config.rs", "parsed_or(env, FULFILL_ADDR,"),
-        "fake-stripe" => ("tests/fake-stripe/src/main.rs", "var(\"FAKE_STRIPE_ADDR\")"),
-        other => panic!("not our service: {other}"),
-    };
-    let text = read(file);
-    let start = text
-        .find(anchor)
-        .unwrap_or_else(|| panic!("{file} no longer contains {anchor:?}: update this test"));
-    let rest = &text[start + anchor.len()..];
-    let end = [rest.find(")?"), rest.find(';')]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap();
-    last_number(&rest[..end]).unwrap_or_else(|| panic!("no port in {:?} ({file})", &rest[..end]))
+    port_of(default_addr(binary_of(service)))
 }
 
 #[test]
-fn the_default_ports_are_read_from_the_sources() {
-    assert_eq!(default_port("ingest"), 8080);
-    assert_eq!(default_port("fulfill"), 8081);
-    assert_eq!(default_port("fake-stripe"), 12111);
+fn each_binary_lists_its_variables_in_help_with_the_defaults_its_crate_exports() {
+    let crate_lists = [
+        ("ingest", ingest::config::variables()),
+        ("fulfill", fulfill::config::variables()),
+    ];
+    for (binary, variables) in crate_lists {
+        let listed = help_variables(binary);
+        let expected: BTreeMap<String, String> = variables
+            .iter()
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(listed, expected, "{binary} --help");
+        assert_eq!(
+            listed.get(addr_variable(binary)).map(String::as_str),
+            Some(default_addr(binary)),
+            "{binary}: the default address --help shows"
+        );
+    }
+    let fake = help_variables("fake-stripe");
+    assert_eq!(
+        fake.get(fake_stripe::ADDR_VARIABLE).map(String::as_str),
+        Some(fake_stripe::DEFAULT_ADDR)
+    );
+    // The parsing itself can fail: a made-up name is not listed.
+    assert!(!help_variables("ingest").contains_key("INGEST_NO_SUCH_SETTING"));
+    // fulfill's subcommands are what the deploy files run.
+    let fulfill = help("fulfill");
+    for command in ["serve", "migrate", "reconcile", "dlq"] {
+        assert!(
+            fulfill
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "fulfill --help lists no `{command}` subcommand:\n{fulfill}"
+        );
+    }
 }
 
-/// Binaries of the workspace's members: package name -> binary names.
+/// Binaries of the workspace's members, as cargo sees them: package name -> binary names.
 fn workspace_binaries() -> BTreeMap<String, BTreeSet<String>> {
-    let root = repo();
-    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
-    let members = manifest["workspace"]["members"].as_array().unwrap();
-    let mut out = BTreeMap::new();
-    for member in members {
-        let dir = root.join(member.as_str().unwrap());
-        let krate: toml::Table = fs::read_to_string(dir.join("Cargo.toml"))
+    let out = Command::new(env!("CARGO"))
+        .current_dir(repo())
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let mut binaries = BTreeMap::new();
+    for package in metadata["packages"].as_array().unwrap() {
+        let bins: BTreeSet<String> = package["targets"]
+            .as_array()
             .unwrap()
-            .parse()
-            .unwrap();
-        let package = krate["package"]["name"].as_str().unwrap().to_owned();
-        let mut bins = BTreeSet::new();
-        let autobins = krate["package"]
-            .get("autobins")
-            .and_then(toml::Value::as_bool)
-            .unwrap_or(true);
-        if let Some(explicit) = krate.get("bin").and_then(toml::Value::as_array) {
-            for bin in explicit {
-                bins.insert(bin["name"].as_str().unwrap().to_owned());
-            }
-        }
-        if autobins {
-            if dir.join("src/main.rs").is_file() {
-                bins.insert(package.clone());
-            }
-            if let Ok(entries) = fs::read_dir(dir.join("src/bin")) {
-                for entry in entries {
-                    let path = entry.unwrap().path();
-                    if path.extension().is_some_and(|e| e == "rs") {
-                        bins.insert(path.file_stem().unwrap().to_string_lossy().into_owned());
-                    } else if path.join("main.rs").is_file() {
-                        bins.insert(path.file_name().unwrap().to_string_lossy().into_owned());
-                    }
-                }
-            }
-        }
-        out.insert(package, bins);
+            .iter()
+            .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        binaries.insert(package["name"].as_str().unwrap().to_owned(), bins);
     }
-    out
+    binaries
 }
 
 // ---------------------------------------------------------------------------------------
 // docker-compose.yml
 // ---------------------------------------------------------------------------------------
 
+/// docker-compose.yml as Compose reads it: YAML merge keys (`<<: *fulfill`) applied.
 fn compose() -> Yaml {
-    serde_yaml::from_str(&read("docker-compose.yml")).unwrap()
+    let mut compose: Yaml = serde_yaml::from_str(&read("docker-compose.yml")).unwrap();
+    compose.apply_merge().unwrap();
+    compose
 }
 
 fn services(compose: &Yaml) -> &serde_yaml::Mapping {
@@ -378,7 +439,7 @@ fn the_compose_file_validates_against_the_compose_specification_schema() {
 }
 
 #[test]
-fn our_compose_services_are_built_from_the_one_dockerfile_with_the_fixtures_context() {
+fn our_compose_services_are_built_from_the_one_dockerfile_with_the_repository_as_context() {
     let compose = compose();
     let built: BTreeSet<String> = services(&compose)
         .iter()
@@ -387,10 +448,10 @@ fn our_compose_services_are_built_from_the_one_dockerfile_with_the_fixtures_cont
         .collect();
     assert_eq!(
         built,
-        OUR_SERVICES.iter().map(|s| (*s).to_owned()).collect()
+        OUR_SERVICES.iter().map(|(s, _)| (*s).to_owned()).collect()
     );
 
-    for name in OUR_SERVICES {
+    for (name, _) in OUR_SERVICES {
         let build = &service(&compose, name)["build"];
         assert_eq!(str_of(&build["context"]), ".", "{name}: build context");
         assert_eq!(
@@ -398,12 +459,9 @@ fn our_compose_services_are_built_from_the_one_dockerfile_with_the_fixtures_cont
             "deploy/Dockerfile",
             "{name}: dockerfile"
         );
-        let fixtures = str_of(&build["additional_contexts"]["fixtures"]);
-        let dir = repo().join(&fixtures);
         assert!(
-            dir.join("checkout_session.json").is_file(),
-            "{name}: the `fixtures` context {fixtures} ({}) holds no Stripe fixtures",
-            dir.display()
+            build["additional_contexts"].is_null(),
+            "{name}: the repository alone is the build context"
         );
         assert!(
             service(&compose, name)["container_name"].is_null(),
@@ -414,36 +472,42 @@ fn our_compose_services_are_built_from_the_one_dockerfile_with_the_fixtures_cont
         service(&compose, "fake-stripe")["profiles"],
         serde_yaml::from_str::<Yaml>("[dev]").unwrap()
     );
-    assert_eq!(
-        str_of(&service(&compose, "rabbitmq")["image"]),
-        "rabbitmq:3.13-management"
-    );
-    assert_eq!(
-        str_of(&service(&compose, "postgres")["image"]),
-        "postgres:16"
-    );
+    // Current majors: RabbitMQ 4.x, PostgreSQL 18 (whose image keeps its data under
+    // /var/lib/postgresql, a versioned folder inside).
+    let image_major = |name: &str, prefix: &str| -> u32 {
+        let image = str_of(&service(&compose, name)["image"]);
+        image
+            .strip_prefix(prefix)
+            .and_then(|tag| tag.split(['.', '-']).next())
+            .and_then(|major| major.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: image {image}"))
+    };
+    assert_eq!(image_major("rabbitmq", "rabbitmq:"), 4);
+    assert!(image_major("postgres", "postgres:") >= 18);
+    let volumes: Vec<String> = seq(&service(&compose, "postgres")["volumes"])
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(volumes, ["postgres-data:/var/lib/postgresql"]);
 }
 
 #[test]
-fn every_environment_variable_compose_sets_for_our_services_is_read_by_the_code() {
-    let sources = rust_sources();
-    // The check itself can fail: a made-up name is not found.
-    assert!(!env_is_read(&sources, "INGEST_NO_SUCH_SETTING"));
-
+fn every_environment_variable_compose_sets_for_our_services_is_one_its_binary_reads() {
     let compose = compose();
     let mut unread = Vec::new();
-    for name in OUR_SERVICES {
+    for (name, binary) in OUR_SERVICES {
+        let known = help_variables(binary);
         let env = environment(service(&compose, name));
         assert!(!env.is_empty(), "{name} sets no environment");
         for var in env.keys() {
-            if !env_is_read(&sources, var) {
-                unread.push(format!("{name}: {var}"));
+            if !known.contains_key(var) {
+                unread.push(format!("{name} ({binary}): {var}"));
             }
         }
     }
     assert!(
         unread.is_empty(),
-        "set in docker-compose.yml but read nowhere in the code: {unread:?}"
+        "set in docker-compose.yml but listed by no binary's --help: {unread:?}"
     );
 
     let ingest = environment(service(&compose, "ingest"));
@@ -456,36 +520,81 @@ fn every_environment_variable_compose_sets_for_our_services_is_read_by_the_code(
         "{}",
         ingest["AMQP_URL"]
     );
-    let fulfill = environment(service(&compose, "fulfill"));
-    assert!(
-        fulfill["DATABASE_URL"].contains("@postgres:5432/stripe_credits"),
-        "{}",
-        fulfill["DATABASE_URL"]
-    );
-    assert!(
-        fulfill["AMQP_URL"].contains("@rabbitmq:5672/"),
-        "{}",
-        fulfill["AMQP_URL"]
-    );
+    // The database user is the one devstack's and the tests' default URL uses, so the
+    // infrastructure of this file serves `cargo run -p devstack -- up` as well.
+    let postgres = environment(service(&compose, "postgres"));
+    assert_eq!(postgres["POSTGRES_USER"], "postgres");
+    assert_eq!(postgres["POSTGRES_HOST_AUTH_METHOD"], "trust");
+    assert_eq!(postgres["POSTGRES_DB"], "stripe_credits");
+    for name in ["fulfill", "fulfill-stripe"] {
+        let fulfill = environment(service(&compose, name));
+        assert_eq!(
+            fulfill["DATABASE_URL"], "postgres://postgres@postgres:5432/stripe_credits",
+            "{name}"
+        );
+        assert!(
+            fulfill["AMQP_URL"].contains("@rabbitmq:5672/"),
+            "{name}: {}",
+            fulfill["AMQP_URL"]
+        );
+        assert_eq!(fulfill["STRIPE_RATE_LIMIT"], "${STRIPE_RATE_LIMIT:-25}");
+        assert_eq!(
+            fulfill["FULFILL_RECONCILE_INTERVAL_SECS"],
+            "${FULFILL_RECONCILE_INTERVAL_SECS:-900}"
+        );
+    }
+    let dev = service(&compose, "fulfill");
     assert_eq!(
-        fulfill["STRIPE_SECRET_KEY"],
-        "${STRIPE_SECRET_KEY:-sk_test_fake_stripe_key}"
+        dev["profiles"],
+        serde_yaml::from_str::<Yaml>("[dev]").unwrap()
     );
-    assert_eq!(
-        fulfill["STRIPE_API_BASE"],
-        "${STRIPE_API_BASE:-http://fake-stripe:12111}"
-    );
-    assert_eq!(fulfill["STRIPE_RATE_LIMIT"], "${STRIPE_RATE_LIMIT:-25}");
+    let dev_env = environment(dev);
+    assert_eq!(dev_env["STRIPE_API_BASE"], "http://fake-stripe:12111");
     let fake = environment(service(&compose, "fake-stripe"));
     assert_eq!(fake["FAKE_STRIPE_SEED"], "1");
-    // The fake's API key is the one fulfill sends by default.
-    assert!(fulfill["STRIPE_SECRET_KEY"].contains(&fake["FAKE_STRIPE_API_KEY"]));
+    // The fake's API key is the one the dev fulfill sends.
+    assert_eq!(dev_env["STRIPE_SECRET_KEY"], fake["FAKE_STRIPE_API_KEY"]);
+
+    // Outside the dev profile nothing points at the fake: the real API by default, and
+    // no key unless one is given.
+    let live = service(&compose, "fulfill-stripe");
+    assert_eq!(
+        live["profiles"],
+        serde_yaml::from_str::<Yaml>("[stripe]").unwrap()
+    );
+    let live_env = environment(live);
+    assert_eq!(
+        live_env["STRIPE_API_BASE"],
+        format!(
+            "${{STRIPE_API_BASE:-{}}}",
+            fulfill::config::DEFAULT_STRIPE_API_BASE
+        )
+    );
+    assert_eq!(live_env["STRIPE_SECRET_KEY"], "${STRIPE_SECRET_KEY:-}");
+    for (name, svc) in services(&compose) {
+        let name = str_of(name);
+        if svc["profiles"] == serde_yaml::from_str::<Yaml>("[dev]").unwrap() {
+            continue;
+        }
+        for (var, value) in environment(svc) {
+            assert!(
+                !value.contains("fake-stripe") && !value.contains("sk_test_fake"),
+                "{name} (outside the dev profile): {var}={value}"
+            );
+        }
+        if let Some(deps) = svc["depends_on"].as_mapping() {
+            assert!(
+                !deps.contains_key("fake-stripe"),
+                "{name} depends on fake-stripe"
+            );
+        }
+    }
 }
 
 #[test]
 fn traces_are_off_unless_asked_for_and_the_observability_profile_receives_otlp_over_http() {
     let compose = compose();
-    for name in ["ingest", "fulfill"] {
+    for name in ["ingest", "fulfill", "fulfill-stripe"] {
         let env = environment(service(&compose, name));
         // Empty when unset, which the code takes as "no endpoint": no exporter at all.
         assert_eq!(
@@ -510,18 +619,99 @@ fn traces_are_off_unless_asked_for_and_the_observability_profile_receives_otlp_o
         BTreeSet::from([4318, 16686]),
         "OTLP/HTTP and the UI"
     );
-    // Nothing waits for it: without the profile the stack must start as before.
-    for name in OUR_SERVICES {
+    // Nothing waits for it (or for Prometheus and Grafana): without the profile the stack
+    // must start as before.
+    for (name, _) in OUR_SERVICES {
         if let Some(deps) = service(&compose, name)["depends_on"].as_mapping() {
-            assert!(!deps.contains_key("jaeger"), "{name} depends on jaeger");
+            for tool in ["jaeger", "prometheus", "grafana"] {
+                assert!(!deps.contains_key(tool), "{name} depends on {tool}");
+            }
         }
     }
 }
 
 #[test]
-fn every_port_our_services_publish_or_health_check_is_the_default_port_in_the_code() {
+fn the_observability_profile_scrapes_both_services_and_provisions_the_dashboard() {
     let compose = compose();
-    for name in OUR_SERVICES {
+    let observability = serde_yaml::from_str::<Yaml>("[observability]").unwrap();
+    let prometheus = service(&compose, "prometheus");
+    assert_eq!(prometheus["profiles"], observability);
+    assert!(str_of(&prometheus["image"]).starts_with("prom/prometheus:v3."));
+    let mounts: Vec<String> = seq(&prometheus["volumes"]).iter().map(str_of).collect();
+    assert_eq!(mounts, ["./deploy/prometheus:/etc/prometheus:ro"]);
+
+    // The scrape configuration finds every replica of each service on its real port.
+    let config: Yaml = serde_yaml::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
+    let rule_files: Vec<String> = seq(&config["rule_files"]).iter().map(str_of).collect();
+    assert_eq!(rule_files, ["/etc/prometheus/alerts.yml"]);
+    assert!(repo().join("deploy/prometheus/alerts.yml").is_file());
+    let mut scraped = BTreeMap::new();
+    for job in seq(&config["scrape_configs"]) {
+        for sd in seq(&job["dns_sd_configs"]) {
+            let port = u16::try_from(sd["port"].as_u64().unwrap()).unwrap();
+            for name in seq(&sd["names"]) {
+                scraped.insert(str_of(name), (str_of(&job["job_name"]), port));
+            }
+        }
+    }
+    for (name, binary) in [
+        ("ingest", "ingest"),
+        ("fulfill", "fulfill"),
+        ("fulfill-stripe", "fulfill"),
+    ] {
+        service(&compose, name);
+        assert_eq!(
+            scraped.get(name),
+            Some(&(binary.to_owned(), default_port(name))),
+            "Prometheus does not scrape {name} on its port"
+        );
+    }
+
+    let grafana = service(&compose, "grafana");
+    assert_eq!(grafana["profiles"], observability);
+    let mounts: BTreeSet<String> = seq(&grafana["volumes"]).iter().map(str_of).collect();
+    assert!(mounts.contains("./deploy/grafana/provisioning:/etc/grafana/provisioning:ro"));
+    assert!(mounts.contains("./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro"));
+    let datasource: Yaml = serde_yaml::from_str(&read(
+        "deploy/grafana/provisioning/datasources/prometheus.yml",
+    ))
+    .unwrap();
+    let source = &seq(&datasource["datasources"])[0];
+    assert_eq!(str_of(&source["url"]), "http://prometheus:9090");
+    let provider: Yaml = serde_yaml::from_str(&read(
+        "deploy/grafana/provisioning/dashboards/stripe-credits.yml",
+    ))
+    .unwrap();
+    assert_eq!(
+        str_of(&seq(&provider["providers"])[0]["options"]["path"]),
+        "/var/lib/grafana/dashboards"
+    );
+    // Every panel reads the provisioned data source.
+    let dashboard: Json =
+        serde_json::from_str(&read("deploy/grafana/dashboards/stripe-credits.json")).unwrap();
+    let uid = str_of(&source["uid"]);
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"],
+            uid.as_str(),
+            "{}",
+            panel["title"]
+        );
+        assert!(
+            !panel["targets"].as_array().unwrap().is_empty(),
+            "{} queries nothing",
+            panel["title"]
+        );
+    }
+}
+
+#[test]
+fn every_port_our_services_publish_or_health_check_is_the_default_port_of_their_binary() {
+    let compose = compose();
+    for (name, binary) in OUR_SERVICES {
         let expected = default_port(name);
         let svc = service(&compose, name);
 
@@ -538,7 +728,7 @@ fn every_port_our_services_publish_or_health_check_is_the_default_port_in_the_co
             healthcheck_command(svc).unwrap_or_else(|| panic!("{name} has no healthcheck"));
         let (port, path) = healthcheck_target(&command);
         assert_eq!(port, expected, "{name}: health check port");
-        let expected_path = if name == "fake-stripe" {
+        let expected_path = if binary == "fake-stripe" {
             "/_fake/knobs"
         } else {
             "/readyz"
@@ -553,17 +743,9 @@ fn every_port_our_services_publish_or_health_check_is_the_default_port_in_the_co
 
         // An explicit listen address must listen on that same port.
         let env = environment(svc);
-        let addr_var = match name {
-            "ingest" => "INGEST_ADDR",
-            "fulfill" => "FULFILL_ADDR",
-            _ => "FAKE_STRIPE_ADDR",
-        };
+        let addr_var = addr_variable(binary);
         if let Some(addr) = env.get(addr_var) {
-            assert_eq!(
-                last_number(addr),
-                Some(expected),
-                "{name}: {addr_var}={addr}"
-            );
+            assert_eq!(port_of(addr), expected, "{name}: {addr_var}={addr}");
             assert!(
                 addr.starts_with("0.0.0.0:"),
                 "{name}: {addr_var}={addr} is unreachable from other containers"
@@ -584,11 +766,13 @@ fn every_port_our_services_publish_or_health_check_is_the_default_port_in_the_co
 #[test]
 fn fulfill_has_no_fixed_host_port_and_dependencies_wait_for_health() {
     let compose = compose();
-    for port in port_mappings(service(&compose, "fulfill")) {
-        assert_eq!(
-            port.published, None,
-            "a fixed host port would break --scale fulfill=N: {port:?}"
-        );
+    for name in ["fulfill", "fulfill-stripe"] {
+        for port in port_mappings(service(&compose, name)) {
+            assert_eq!(
+                port.published, None,
+                "a fixed host port would break --scale {name}=N: {port:?}"
+            );
+        }
     }
 
     let all = services(&compose);
@@ -622,9 +806,9 @@ fn fulfill_has_no_fixed_host_port_and_dependencies_wait_for_health() {
                         Some("service_healthy"),
                         "{name} -> {dep}"
                     );
-                    // A dependency on a profile-only service must be optional, or the
-                    // stack does not start without that profile.
-                    if !target["profiles"].is_null() {
+                    // A dependency on a service of another profile must be optional, or
+                    // the stack does not start without that profile.
+                    if !target["profiles"].is_null() && target["profiles"] != svc["profiles"] {
                         assert_eq!(
                             spec.get("required"),
                             Some(&Yaml::Bool(false)),
@@ -646,7 +830,9 @@ fn fulfill_has_no_fixed_host_port_and_dependencies_wait_for_health() {
             .collect()
     };
     assert!(deps("ingest").contains("rabbitmq"));
-    assert!(deps("fulfill").contains("rabbitmq") && deps("fulfill").contains("postgres"));
+    for name in ["fulfill", "fulfill-stripe"] {
+        assert!(deps(name).contains("rabbitmq") && deps(name).contains("postgres"));
+    }
     assert!(checked >= 3, "only {checked} dependencies checked");
 }
 
@@ -814,62 +1000,49 @@ fn the_dockerfile_is_a_locked_cargo_chef_multi_stage_build_running_as_non_root()
             .any(|(i, a)| i == "ARG" && a == "BIN=ingest")
     );
 
-    // The fixtures land where the include_str! paths of the crates point.
+    // The repository is the whole build context: no named context, and every file the
+    // crates embed resolves inside the repository copied to the WORKDIR.
     let workdir = &chef
         .instructions
         .iter()
         .find(|(i, _)| i == "WORKDIR")
         .unwrap()
         .1;
-    let fixtures_dest = builder
-        .instructions
-        .iter()
-        .find_map(|(i, a)| {
-            (i == "COPY")
-                .then(|| a.strip_prefix("--from=fixtures . "))
-                .flatten()
-        })
-        .expect("no COPY --from=fixtures");
     assert!(
-        position(
-            builder,
-            "COPY",
-            &format!("--from=fixtures . {fixtures_dest}")
-        )
-        .unwrap()
-            < build
+        builder
+            .instructions
+            .iter()
+            .all(|(i, a)| !(i == "COPY" && a.starts_with("--from=") && !a.contains("planner"))),
+        "the builder copies from a named context: {:#?}",
+        builder.instructions
     );
     let mut embedded = 0;
     for (file, text) in rust_sources() {
         for literal in embedded_paths(&text) {
-            if !literal.contains("stripe-fixtures/") {
-                continue;
-            }
             let in_image = normalize(
                 &Path::new(workdir)
                     .join(file.parent().unwrap())
                     .join(literal),
             );
-            let relative = in_image.strip_prefix(fixtures_dest).unwrap_or_else(|_| {
+            let relative = in_image.strip_prefix(workdir).unwrap_or_else(|_| {
                 panic!(
-                    "{} embeds {literal}: {} is outside {fixtures_dest}",
+                    "{} embeds {literal}: {} is outside the build context {workdir}",
                     file.display(),
                     in_image.display()
                 )
             });
-            let on_disk = repo().join("../shared/stripe-fixtures").join(relative);
             assert!(
-                on_disk.is_file(),
-                "{} embeds {}, not in the fixtures context",
+                repo().join(relative).is_file(),
+                "{} embeds {}, which is not in the repository",
                 file.display(),
-                on_disk.display()
+                relative.display()
             );
             embedded += 1;
         }
     }
     assert!(
         embedded > 0,
-        "found no embedded fixtures: the parsing is broken"
+        "found no embedded files: the parsing is broken"
     );
 
     // Runtime: debian slim, ca-certificates only, non-root numeric user, one entrypoint.
@@ -934,7 +1107,7 @@ fn the_dockerfile_is_a_locked_cargo_chef_multi_stage_build_running_as_non_root()
         .filter(|(i, _)| i == "EXPOSE")
         .flat_map(|(_, a)| a.split_whitespace().map(|p| p.parse::<u16>().unwrap()))
         .collect();
-    let defaults: BTreeSet<u16> = OUR_SERVICES.iter().map(|s| default_port(s)).collect();
+    let defaults: BTreeSet<u16> = OUR_SERVICES.iter().map(|(s, _)| default_port(s)).collect();
     assert_eq!(exposed, defaults);
 
     // Nothing secret (or any configuration) is baked in.
@@ -956,15 +1129,15 @@ fn the_dockerfile_is_a_locked_cargo_chef_multi_stage_build_running_as_non_root()
 fn the_bin_values_compose_builds_are_binaries_of_the_named_packages() {
     let binaries = workspace_binaries();
     let compose = compose();
-    for name in OUR_SERVICES {
+    for (name, binary) in OUR_SERVICES {
         let args = build_args(service(&compose, name));
         let bin = args
             .get("BIN")
             .unwrap_or_else(|| panic!("{name}: no BIN build arg"));
-        assert_eq!(bin, name);
+        assert_eq!(bin, binary);
         let in_package = binaries
-            .get(name)
-            .unwrap_or_else(|| panic!("no workspace package {name}: {binaries:?}"));
+            .get(binary)
+            .unwrap_or_else(|| panic!("no workspace package {binary}: {binaries:?}"));
         assert!(
             in_package.contains(bin),
             "package {name} has no binary {bin}: {in_package:?}"
@@ -1064,6 +1237,21 @@ fn is_ours(container: &Yaml) -> bool {
     str_of(&container["image"]).contains("/stripe-credits/")
 }
 
+/// The binary an image of ours runs: `…/stripe-credits/<binary>:<tag>`.
+fn image_binary(container: &Yaml) -> &'static str {
+    let image = str_of(&container["image"]);
+    let name = image
+        .rsplit('/')
+        .next()
+        .and_then(|last| last.split(':').next())
+        .unwrap_or_default()
+        .to_owned();
+    ["ingest", "fulfill", "fake-stripe"]
+        .into_iter()
+        .find(|b| *b == name)
+        .unwrap_or_else(|| panic!("image {image} runs none of our binaries"))
+}
+
 /// The port a probe or Service points at, resolving named container ports.
 fn resolve_port(container: &Yaml, port: &Yaml) -> u16 {
     match port {
@@ -1125,12 +1313,7 @@ fn every_k8s_manifest_parses_and_names_itself_without_a_namespace() {
             "kustomization.yaml lists missing {resource}"
         );
     }
-    let unlisted: BTreeSet<&str> = [
-        "kustomization.yaml",
-        "secret.example.yaml",
-        "migrate-job.yaml",
-    ]
-    .into();
+    let unlisted: BTreeSet<&str> = ["kustomization.yaml", "secret.example.yaml"].into();
     for file in &files {
         assert_eq!(
             listed.contains(file),
@@ -1146,7 +1329,7 @@ fn every_k8s_manifest_parses_and_names_itself_without_a_namespace() {
         .map(|i| str_of(&i["name"]))
         .collect();
     for (file, doc) in &docs {
-        if doc["kind"] == "Deployment" {
+        if doc["kind"] == "Deployment" || doc["kind"] == "Job" {
             for container in seq(&pod_spec(doc)["containers"]) {
                 let image = str_of(&container["image"]);
                 let name = image.rsplit_once(':').map_or(image.as_str(), |(n, _)| n);
@@ -1182,9 +1365,8 @@ fn every_k8s_manifest_parses_and_names_itself_without_a_namespace() {
 }
 
 #[test]
-fn every_env_var_the_k8s_manifests_set_on_our_containers_is_read_by_the_code() {
+fn every_env_var_the_k8s_manifests_set_on_our_containers_is_one_their_binary_reads() {
     let docs = k8s_documents();
-    let sources = rust_sources();
     let secrets = secret_keys(&docs);
     let mut seen = BTreeMap::<String, BTreeSet<String>>::new();
     let mut unread = Vec::new();
@@ -1212,9 +1394,11 @@ fn every_env_var_the_k8s_manifests_set_on_our_containers_is_read_by_the_code() {
                 let map = find(&docs, "ConfigMap", &map_name);
                 names.extend(map["data"].as_mapping().unwrap().keys().map(str_of));
             }
+            let binary = image_binary(container);
+            let known = help_variables(binary);
             for name in &names {
-                if !env_is_read(&sources, name) {
-                    unread.push(format!("{file}: {name}"));
+                if !known.contains_key(name) {
+                    unread.push(format!("{file} ({binary}): {name}"));
                 }
             }
             seen.insert(str_of(&doc["metadata"]["name"]), names);
@@ -1222,7 +1406,7 @@ fn every_env_var_the_k8s_manifests_set_on_our_containers_is_read_by_the_code() {
     }
     assert!(
         unread.is_empty(),
-        "set in deploy/k8s but read nowhere in the code: {unread:?}"
+        "set in deploy/k8s but listed by no binary's --help: {unread:?}"
     );
 
     // The secrets the brief names come from the Secret, where each service needs them.
@@ -1262,8 +1446,15 @@ fn k8s_probes_ports_and_security_contexts_match_the_code_and_the_image() {
             expected,
             "{name}: containerPort"
         );
+        // fulfill's pods stay in the Service while only the broker is down: its API
+        // needs the database alone (/readyz/api); ingest can do nothing without the broker.
         let readiness = &container["readinessProbe"]["httpGet"];
-        assert_eq!(str_of(&readiness["path"]), "/readyz", "{name}");
+        let ready_path = if name == "fulfill" {
+            "/readyz/api"
+        } else {
+            "/readyz"
+        };
+        assert_eq!(str_of(&readiness["path"]), ready_path, "{name}");
         assert_eq!(
             resolve_port(container, &readiness["port"]),
             expected,
@@ -1296,18 +1487,33 @@ fn k8s_probes_ports_and_security_contexts_match_the_code_and_the_image() {
 
         // The listen address in the ConfigMap agrees with the container port.
         let config = find(&docs, "ConfigMap", &format!("{name}-config"));
-        let addr_var = if name == "ingest" {
-            "INGEST_ADDR"
-        } else {
-            "FULFILL_ADDR"
-        };
+        let addr_var = addr_variable(name);
         if let Some(addr) = config["data"].get(addr_var) {
-            assert_eq!(
-                last_number(&str_of(addr)),
-                Some(expected),
-                "{name}: {addr_var}"
-            );
+            assert_eq!(port_of(&str_of(addr)), expected, "{name}: {addr_var}");
         }
+
+        // Shutdown fits in the grace period: preStop, then draining, then the last spans.
+        let pre_stop = seq(&container["lifecycle"]["preStop"]["exec"]["command"])
+            .iter()
+            .map(str_of)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            pre_stop.first().map(String::as_str),
+            Some("sleep"),
+            "{name}: preStop"
+        );
+        let pre_stop_secs: u64 = pre_stop[1].parse().unwrap();
+        let drain = match name {
+            "ingest" => ingest::startup::SHUTDOWN_GRACE,
+            _ => fulfill::startup::SHUTDOWN_GRACE,
+        };
+        let needed = pre_stop_secs + drain.as_secs() + shared::telemetry::FLUSH_TIMEOUT.as_secs();
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+        assert!(
+            grace > needed,
+            "{name}: terminationGracePeriodSeconds {grace} <= preStop {pre_stop_secs} s + drain {drain:?} + trace flush {:?}",
+            shared::telemetry::FLUSH_TIMEOUT
+        );
 
         // Selector, pod labels, Service and PDB agree.
         let selector = &deployment["spec"]["selector"]["matchLabels"];
@@ -1344,6 +1550,30 @@ fn k8s_probes_ports_and_security_contexts_match_the_code_and_the_image() {
             "{name}: PDB selector"
         );
     }
+
+    // ingest's HTTP workers follow its CPU limit, not the node's core count.
+    let ingest_config = find(&docs, "ConfigMap", "ingest-config");
+    let workers: u64 = str_of(&ingest_config["data"][ingest::config::INGEST_WORKERS])
+        .parse()
+        .unwrap();
+    let ingest_pod = pod_spec(find(&docs, "Deployment", "ingest"));
+    let cpu_limit = str_of(&seq(&ingest_pod["containers"])[0]["resources"]["limits"]["cpu"]);
+    assert_eq!(
+        cpu_limit.parse::<u64>().ok(),
+        Some(workers),
+        "INGEST_WORKERS vs the CPU limit"
+    );
+
+    // Reconciliation runs in the shipped configuration: the background loop is on.
+    let fulfill_config = find(&docs, "ConfigMap", "fulfill-config");
+    let interval: u64 =
+        str_of(&fulfill_config["data"][fulfill::config::FULFILL_RECONCILE_INTERVAL_SECS])
+            .parse()
+            .unwrap();
+    assert!(
+        (60..=3600).contains(&interval),
+        "reconcile every {interval} s"
+    );
 
     assert_eq!(
         find(&docs, "Deployment", "ingest")["spec"]["replicas"],
@@ -1391,12 +1621,8 @@ fn k8s_probes_ports_and_security_contexts_match_the_code_and_the_image() {
 #[test]
 fn the_keda_scaled_object_scales_fulfill_on_the_fulfill_checkout_queue() {
     let docs = k8s_documents();
-    // The queue name is the one the topology declares.
-    let topology = read("shared/src/topology.rs");
-    assert!(
-        topology.contains("self.name(\"fulfill.checkout\")"),
-        "shared/src/topology.rs renamed the queue"
-    );
+    // The queue name is the one the topology declares (without a prefix, as in production).
+    let queue = shared::topology::Topology::new("").checkout_queue();
 
     let scaled = find(&docs, "ScaledObject", "fulfill");
     assert_eq!(str_of(&scaled["apiVersion"]), "keda.sh/v1alpha1");
@@ -1412,10 +1638,7 @@ fn the_keda_scaled_object_scales_fulfill_on_the_fulfill_checkout_queue() {
     assert_eq!(triggers.len(), 1);
     let trigger = &triggers[0];
     assert_eq!(str_of(&trigger["type"]), "rabbitmq");
-    assert_eq!(
-        str_of(&trigger["metadata"]["queueName"]),
-        "fulfill.checkout"
-    );
+    assert_eq!(str_of(&trigger["metadata"]["queueName"]), queue);
     assert_eq!(str_of(&trigger["metadata"]["mode"]), "QueueLength");
     assert!(
         str_of(&trigger["metadata"]["value"])
@@ -1466,9 +1689,28 @@ fn the_migration_job_runs_fulfill_migrate() {
         containers[0]["args"],
         serde_yaml::from_str::<Yaml>("[migrate]").unwrap()
     );
-    let main = read("fulfill/src/main.rs");
     assert!(
-        main.contains("Command::Migrate =>"),
+        help("fulfill")
+            .lines()
+            .any(|l| l.trim_start().starts_with("migrate ")),
         "fulfill has no `migrate` subcommand"
+    );
+    // The Job is part of the kustomization, so its image follows the same `images:` entry
+    // as the Deployment's.
+    let kustomization = find(&docs, "Kustomization", "stripe-credits");
+    let resources: BTreeSet<String> = seq(&kustomization["resources"])
+        .iter()
+        .map(str_of)
+        .collect();
+    assert!(resources.contains("migrate-job.yaml"), "{resources:?}");
+    let image = str_of(&containers[0]["image"]);
+    let image_name = image
+        .rsplit_once(':')
+        .map_or(image.as_str(), |(name, _)| name);
+    assert!(
+        seq(&kustomization["images"])
+            .iter()
+            .any(|i| str_of(&i["name"]) == image_name),
+        "the kustomization sets no image for {image_name}"
     );
 }

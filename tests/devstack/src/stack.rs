@@ -205,7 +205,14 @@ async fn create_database(url: &str) -> anyhow::Result<()> {
     let admin_url = format!("{root}/postgres");
     let mut admin = AsyncPgConnection::establish(&admin_url)
         .await
-        .with_context(|| "cannot reach PostgreSQL (is it running? see README)".to_owned())?;
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL as {} (is it running, and does DATABASE_URL name \
+                 its user? the default, postgres://postgres@127.0.0.1:5432/stripe_credits, is \
+                 what docker-compose.yml's postgres and the tests use; see README)",
+                without_password(&admin_url)
+            )
+        })?;
     let exists = sql_query("SELECT datname FROM pg_database WHERE datname = $1")
         .bind::<Text, _>(name)
         .get_result::<Name>(&mut admin)
@@ -220,6 +227,20 @@ async fn create_database(url: &str) -> anyhow::Result<()> {
         println!("created database {name}");
     }
     Ok(())
+}
+
+/// `scheme://user@host…` with any `:password` removed, for error messages.
+fn without_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or(user);
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 async fn wait_healthy(

@@ -3,8 +3,7 @@
 //! spans they send are checked for their trace, their parent links, their semantic
 //! convention attributes and the absence of secrets. The same run scrapes `/metrics`
 //! (Prometheus stays as it was with tracing on) and reads the log files (lines carry
-//! the trace id, so logs and traces join). The same counters also reach the receiver
-//! as OTLP metrics, the last export made on SIGTERM.
+//! the trace id, so logs and traces join).
 
 #![allow(clippy::unwrap_used)]
 
@@ -30,21 +29,15 @@ const CLIENT: i64 = 3;
 const PRODUCER: i64 = 4;
 const CONSUMER: i64 = 5;
 
-/// What an OTLP/HTTP collector would have received: every `ExportTraceServiceRequest`
-/// (`.0`) and every `ExportMetricsServiceRequest` (`.1`).
+/// What an OTLP/HTTP collector would have received: every `ExportTraceServiceRequest`.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Value>>>, Arc<Mutex<Vec<Value>>>);
+struct Received(Arc<Mutex<Vec<Value>>>);
 
-async fn export(
+async fn export_traces(
     request: HttpRequest,
     body: web::Bytes,
     received: web::Data<Received>,
 ) -> HttpResponse {
-    let store = if request.path() == "/v1/metrics" {
-        &received.1
-    } else {
-        &received.0
-    };
     let json = request
         .headers()
         .get("content-type")
@@ -52,7 +45,7 @@ async fn export(
         .is_some_and(|v| v.starts_with("application/json"));
     match serde_json::from_slice::<Value>(&body) {
         Ok(export) if json => {
-            store.lock().unwrap().push(export);
+            received.0.lock().unwrap().push(export);
             HttpResponse::Ok()
                 .content_type("application/json")
                 .body("{}")
@@ -69,8 +62,7 @@ fn start_receiver(received: Received) -> String {
         App::new()
             .app_data(web::Data::new(received.clone()))
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
-            .route("/v1/traces", web::post().to(export))
-            .route("/v1/metrics", web::post().to(export))
+            .route("/v1/traces", web::post().to(export_traces))
     })
     .listen(listener)
     .unwrap()
@@ -222,53 +214,6 @@ fn without_ansi_colours(text: &str) -> String {
     out
 }
 
-/// From the last metrics export of `service`: the value of the data point of `metric`
-/// whose attributes include `with` (a sum or gauge value; a histogram's count).
-fn exported(
-    received: &Received,
-    service: &str,
-    metric: &str,
-    with: &[(&str, &str)],
-) -> Option<f64> {
-    let number = |v: &Value| {
-        v.as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    };
-    let exports = received.1.lock().unwrap();
-    let last = exports.iter().rev().find_map(|export| {
-        export["resourceMetrics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|rm| {
-                attributes(&rm["resource"]["attributes"]).get("service.name")
-                    == Some(&service.to_owned())
-            })
-            .cloned()
-    })?;
-    let metrics = last["scopeMetrics"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|scope| scope["metrics"].as_array().into_iter().flatten());
-    for m in metrics.filter(|m| m["name"] == metric) {
-        for kind in ["sum", "gauge", "histogram"] {
-            for point in m[kind]["dataPoints"].as_array().into_iter().flatten() {
-                let attrs = attributes(&point["attributes"]);
-                if with
-                    .iter()
-                    .all(|(k, v)| attrs.get(*k).map(String::as_str) == Some(*v))
-                {
-                    return ["asInt", "asDouble", "count"]
-                        .iter()
-                        .find_map(|field| number(&point[*field]));
-                }
-            }
-        }
-    }
-    None
-}
-
 fn counter(metrics: &str, name_and_labels: &str) -> f64 {
     metrics
         .lines()
@@ -305,12 +250,7 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
 
     let fulfill_port = free_port();
     let fulfill_url = format!("http://127.0.0.1:{fulfill_port}");
-    // fulfill's metrics only on shutdown (the interval is never reached), ingest's every
-    // 500 ms as well: both export paths are exercised.
-    let mut fulfill_env = otel(&[
-        ("LOG_FORMAT", "json"),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
-    ]);
+    let mut fulfill_env = otel(&[("LOG_FORMAT", "json")]);
     fulfill_env.extend([
         ("DATABASE_URL", db.url.clone()),
         ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.to_owned()),
@@ -331,7 +271,7 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
 
     let ingest_port = free_port();
     let ingest_url = format!("http://127.0.0.1:{ingest_port}");
-    let mut ingest_env = otel(&[("OTEL_METRIC_EXPORT_INTERVAL", "500")]);
+    let mut ingest_env = otel(&[]);
     ingest_env.extend([
         ("STRIPE_WEBHOOK_SECRET", SECRET.to_owned()),
         ("INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
@@ -438,24 +378,6 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
     assert_eq!(counter(&m, "fulfill_sessions_credited_total"), 1.0, "{m}");
     assert_eq!(counter(&m, "fulfill_credits_granted_total"), 10.0, "{m}");
 
-    // ingest's periodic export carries the accepted request before any shutdown; fulfill
-    // has exported nothing yet.
-    let periodic = test_support::wait_for(Duration::from_secs(10), || async {
-        (exported(
-            &received,
-            "ingest",
-            "ingest_webhook_requests",
-            &[("outcome", "accepted")],
-        ) == Some(1.0))
-        .then_some(())
-    })
-    .await;
-    assert!(periodic.is_some(), "no periodic metrics export from ingest");
-    assert_eq!(
-        exported(&received, "fulfill", "fulfill_credits_granted", &[]),
-        None
-    );
-
     // SIGTERM flushes what is still buffered before the processes exit.
     for p in [&mut ingest, &mut fulfill] {
         let status = p.terminate(Duration::from_secs(30));
@@ -466,43 +388,6 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
             p.output()
         );
     }
-
-    // The same counts reached the collector over OTLP: the last export, made on
-    // SIGTERM, has them (counters named without `_total`, labels as attributes).
-    let sum = |service, metric, with: &[(&str, &str)]| {
-        exported(&received, service, metric, with).unwrap_or_else(|| {
-            panic!(
-                "no {metric} {with:?} from {service}: {:#?}",
-                received.1.lock().unwrap().last()
-            )
-        })
-    };
-    assert_eq!(
-        sum(
-            "ingest",
-            "ingest_webhook_requests",
-            &[("outcome", "accepted")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        sum(
-            "ingest",
-            "ingest_publish_duration_seconds",
-            &[("result", "ack")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        sum(
-            "fulfill",
-            "fulfill_events",
-            &[("event_type", COMPLETED), ("outcome", "credited")]
-        ),
-        1.0
-    );
-    assert_eq!(sum("fulfill", "fulfill_sessions_credited", &[]), 1.0);
-    assert_eq!(sum("fulfill", "fulfill_credits_granted", &[]), 10.0);
 
     let all = spans(&received);
     let server = one(&all, "ingest server", |s| {

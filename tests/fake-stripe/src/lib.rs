@@ -24,6 +24,10 @@ pub use state::{Knobs, PriceSpec, SessionSpec, State, Stats};
 
 pub const DEFAULT_API_KEY: &str = "sk_test_fake_stripe_key";
 
+/// The variable that sets where the `fake-stripe` binary listens, and its default.
+pub const ADDR_VARIABLE: &str = "FAKE_STRIPE_ADDR";
+pub const DEFAULT_ADDR: &str = "127.0.0.1:12111";
+
 /// A running fake, stopped when dropped.
 pub struct FakeStripe {
     addr: SocketAddr,

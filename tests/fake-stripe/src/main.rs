@@ -6,7 +6,7 @@
 use std::net::TcpListener;
 
 use anyhow::Context;
-use fake_stripe::{DEFAULT_API_KEY, FakeStripe, PriceSpec};
+use fake_stripe::{ADDR_VARIABLE, DEFAULT_ADDR, DEFAULT_API_KEY, FakeStripe, PriceSpec};
 
 /// `(price id, name, price credits, product credits, unit amount)`.
 type SeedPrice = (
@@ -30,9 +30,27 @@ const SEED: [SeedPrice; 3] = [
     ),
 ];
 
+const HELP: &str = "fake-stripe: the fake Stripe API (checkout sessions, line items, charges, \
+refunds, disputes, events) for the dev stack and tests.
+
+Usage: fake-stripe [-h|--help]   (configured by environment only)
+
+Environment variables:
+  FAKE_STRIPE_ADDR     [127.0.0.1:12111]  HTTP listen address
+  FAKE_STRIPE_API_KEY  [sk_test_fake_stripe_key]  the one API key it accepts
+  FAKE_STRIPE_SEED     [unset]  1 = create the demo catalogue (price_single_credit, price_pack_10, price_unmapped)
+";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::var("FAKE_STRIPE_ADDR").unwrap_or_else(|_| "127.0.0.1:12111".to_owned());
+    if let Some(arg) = std::env::args().nth(1) {
+        if arg == "-h" || arg == "--help" {
+            print!("{HELP}");
+            return Ok(());
+        }
+        anyhow::bail!("fake-stripe takes no arguments (got {arg:?}); see --help");
+    }
+    let addr = std::env::var(ADDR_VARIABLE).unwrap_or_else(|_| DEFAULT_ADDR.to_owned());
     let key = std::env::var("FAKE_STRIPE_API_KEY").unwrap_or_else(|_| DEFAULT_API_KEY.to_owned());
     let listener = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;

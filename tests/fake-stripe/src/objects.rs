@@ -132,6 +132,8 @@ pub struct Session {
     pub amount_total: i64,
     pub currency: String,
     pub livemode: bool,
+    /// The connected account (Stripe Connect) that owns the session; `None`: the platform.
+    pub account: Option<String>,
 }
 
 impl Session {
@@ -293,6 +295,7 @@ mod tests {
             amount_total: 100,
             currency: "usd".into(),
             livemode: false,
+            account: None,
         };
         let fixture_keys: Vec<String> = fixture(SESSION)
             .as_object()

@@ -202,7 +202,7 @@ async fn retrieve_session(
         return r;
     }
     let id = path.into_inner();
-    let Some(session) = state.session(&id) else {
+    let Some(session) = state.session(&id).filter(|_| visible(&state, &req, &id)) else {
         return not_found(&state, "checkout.session", &id, "session");
     };
     let pairs = query_pairs(req.query_string());
@@ -248,7 +248,7 @@ async fn list_line_items(
         return r;
     }
     let id = path.into_inner();
-    let Some(session) = state.session(&id) else {
+    let Some(session) = state.session(&id).filter(|_| visible(&state, &req, &id)) else {
         return not_found(&state, "checkout.session", &id, "session");
     };
     let pairs = query_pairs(req.query_string());
@@ -297,12 +297,30 @@ async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpRespons
         .into_iter()
         .filter(|s| s.created >= since && status.is_none_or(|st| s.status == st))
         .filter(|s| payment_intent.is_none_or(|pi| s.payment_intent == pi))
+        .filter(|s| s.account == acting_for(&req))
         .map(|s| s.to_json())
         .collect();
     sessions.reverse();
     let (data, has_more) = page(sessions, &pairs, limit);
     state.count(|s| s.other_fetches += 1);
     HttpResponse::Ok().json(list_json(data, has_more, "/v1/checkout/sessions"))
+}
+
+/// The connected account a request acts for (`Stripe-Account`), `None` for the platform.
+fn acting_for(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get("Stripe-Account")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Whether the request may see the object `id`: it exists and belongs to the account the
+/// request acts for (a connected account's objects are invisible to the platform and the
+/// other way round, as on Stripe).
+fn visible(state: &State, req: &HttpRequest, id: &str) -> bool {
+    state
+        .owner_of(id)
+        .is_some_and(|owner| owner == acting_for(req))
 }
 
 /// A plain retrieve: the object `lookup` finds by id, or Stripe's 404 for `kind`.
@@ -316,7 +334,7 @@ async fn retrieve(
     if let Err(r) = gate(state, req).await {
         return r;
     }
-    match lookup(state, id) {
+    match lookup(state, id).filter(|_| visible(state, req, id)) {
         Some(object) => {
             state.count(|s| s.other_fetches += 1);
             HttpResponse::Ok().json(object)
@@ -360,8 +378,8 @@ async fn list_disputes(req: HttpRequest, state: web::Data<State>) -> HttpRespons
         Err(r) => return *r,
     };
     let disputes = match value(&pairs, "charge") {
-        Some(charge) => state.disputes_json(charge),
-        None => Vec::new(),
+        Some(charge) if visible(&state, &req, charge) => state.disputes_json(charge),
+        _ => Vec::new(),
     };
     let (data, has_more) = page(disputes, &pairs, limit);
     state.count(|s| s.other_fetches += 1);
@@ -379,8 +397,8 @@ async fn list_refunds(req: HttpRequest, state: web::Data<State>) -> HttpResponse
         Err(r) => return *r,
     };
     let refunds = match value(&pairs, "charge") {
-        Some(charge) => state.refunds_json(charge),
-        None => Vec::new(),
+        Some(charge) if visible(&state, &req, charge) => state.refunds_json(charge),
+        _ => Vec::new(),
     };
     let (data, has_more) = page(refunds, &pairs, limit);
     state.count(|s| s.other_fetches += 1);
@@ -406,6 +424,7 @@ async fn list_events(req: HttpRequest, state: web::Data<State>) -> HttpResponse 
         .into_iter()
         .filter(|e| e["created"].as_i64().unwrap_or(0) >= since)
         .filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == *t))
+        .filter(|e| e["account"].as_str().map(str::to_owned) == acting_for(&req))
         .collect();
     events.reverse();
     let (data, has_more) = page(events, &pairs, limit);

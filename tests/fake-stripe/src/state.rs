@@ -117,6 +117,10 @@ pub struct SessionSpec {
     pub paid_after_ms: Option<u64>,
     #[serde(default)]
     pub id: Option<String>,
+    /// A connected account (`acct_…`) that owns the session, its payment and its events:
+    /// Stripe answers 404 for them without that `Stripe-Account` header.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 fn complete() -> String {
@@ -137,7 +141,14 @@ impl SessionSpec {
             payment_status: paid(),
             paid_after_ms: None,
             id: None,
+            account: None,
         }
+    }
+
+    /// The same session, owned by the connected account `account`.
+    pub fn on_account(mut self, account: &str) -> Self {
+        self.account = Some(account.to_owned());
+        self
     }
 
     pub fn with_status(mut self, status: &str, payment_status: &str) -> Self {
@@ -337,6 +348,7 @@ impl State {
             amount_total,
             currency: "usd".into(),
             livemode: false,
+            account: spec.account,
         };
         let paid_at = spec
             .paid_after_ms
@@ -438,13 +450,64 @@ impl State {
         Some((id, body))
     }
 
-    /// Records an arbitrary event (for reversals and reconciliation tests).
+    /// Records an arbitrary event (for reversals and reconciliation tests). An event about
+    /// a connected account's object names the account at the top level, as Stripe does.
     pub fn record_event(&self, event_type: &str, object: Value) -> (String, Vec<u8>) {
         let id = random_id("evt_", 24);
-        let event = objects::event_json(&id, event_type, crate::now(), object, false);
+        let account = object["id"]
+            .as_str()
+            .and_then(|o| self.owner_of(o))
+            .flatten();
+        let mut event = objects::event_json(&id, event_type, crate::now(), object, false);
+        if let Some(account) = account {
+            event["account"] = json!(account);
+        }
         let body = serde_json::to_vec_pretty(&event).unwrap_or_default();
         self.lock().events.push(event);
         (id, body)
+    }
+
+    /// Who owns the object `id`: `Some(None)` the platform, `Some(Some(acct))` a
+    /// connected account, `None` no such object.
+    pub fn owner_of(&self, id: &str) -> Option<Option<String>> {
+        let session = match id.split('_').next()? {
+            "cs" => self.session(id),
+            "ch" => self.session_by_charge(id),
+            "pi" => self
+                .sessions_in_order()
+                .into_iter()
+                .find(|s| s.payment_intent == id),
+            "re" => {
+                let pi = self
+                    .lock()
+                    .refunds
+                    .iter()
+                    .find(|r| r.id == id)?
+                    .payment_intent
+                    .clone();
+                self.sessions_in_order()
+                    .into_iter()
+                    .find(|s| s.payment_intent == pi)
+            }
+            "dp" => {
+                let pi = self
+                    .lock()
+                    .disputes
+                    .iter()
+                    .find(|d| d.id == id)?
+                    .payment_intent
+                    .clone();
+                self.sessions_in_order()
+                    .into_iter()
+                    .find(|s| s.payment_intent == pi)
+            }
+            "evt" => {
+                let event = self.event(id)?;
+                return Some(event["account"].as_str().map(str::to_owned));
+            }
+            _ => None,
+        }?;
+        Some(session.account)
     }
 
     /// A recorded event by id.
