@@ -10,25 +10,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use diesel::{QueryableByName, sql_types::Double};
-use diesel_async::RunQueryDsl;
 use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use shared::{config::AmqpConfig, topology::Topology};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db::Pool,
+    db::{Pool, cursors, sessions},
     metrics::{Metrics, QueueLabels},
 };
 
 /// How often the gauges are refreshed: about one scrape interval.
 pub const EVERY: Duration = Duration::from_secs(15);
-
-#[derive(QueryableByName)]
-struct Value {
-    #[diesel(sql_type = Double)]
-    value: f64,
-}
 
 /// Refreshes the gauges until `stop` is cancelled. Failures leave the last values in
 /// place (and are logged at debug: `/readyz` already says when a dependency is down).
@@ -56,30 +48,16 @@ async fn refresh_database(pool: &Pool, metrics: &Metrics) {
     // The pool tests each connection on checkout.
     metrics.database_up.set(1);
     // The same sessions as GET /attention.
-    let attention = diesel::sql_query(
-        "SELECT count(*)::float8 AS value FROM checkout_sessions \
-         WHERE state = 'needs_attention' OR attention IS NOT NULL",
-    )
-    .get_result::<Value>(&mut conn)
-    .await;
-    match attention {
-        Ok(v) => {
-            metrics
-                .sessions_needing_attention
-                .set(v.value.round() as i64);
+    match sessions::count_needing_attention(&mut conn).await {
+        Ok(n) => {
+            metrics.sessions_needing_attention.set(n);
         }
         Err(e) => tracing::debug!(error = %e, "cannot count the sessions needing attention"),
     }
     // The reconcile cursor moves only when a run went through without errors.
-    let reconciled = diesel::sql_query(
-        "SELECT coalesce(extract(epoch FROM max(updated_at)), 0)::float8 AS value \
-         FROM reconcile_cursors",
-    )
-    .get_result::<Value>(&mut conn)
-    .await;
-    match reconciled {
-        Ok(v) => {
-            metrics.reconcile_last_success.set(v.value);
+    match cursors::last_advanced(&mut conn).await {
+        Ok(at) => {
+            metrics.reconcile_last_success.set(at);
         }
         Err(e) => tracing::debug!(error = %e, "cannot read the reconcile cursor"),
     }

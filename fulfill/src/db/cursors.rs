@@ -30,3 +30,21 @@ pub async fn write(conn: &mut AsyncPgConnection, name: &str, created_gte: i64) -
         .await
         .map(|_| ())
 }
+
+#[derive(diesel::QueryableByName)]
+struct Epoch {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    value: f64,
+}
+
+/// When (Unix seconds, 0 for never) a reconciliation last went through without errors:
+/// the cursor moves only then.
+pub async fn last_advanced(conn: &mut AsyncPgConnection) -> QueryResult<f64> {
+    diesel::sql_query(
+        "SELECT coalesce(extract(epoch FROM max(updated_at)), 0)::float8 AS value \
+         FROM reconcile_cursors",
+    )
+    .get_result::<Epoch>(conn)
+    .await
+    .map(|e| e.value)
+}

@@ -206,3 +206,16 @@ pub async fn needing_attention(
         .load(conn)
         .await
 }
+
+/// How many sessions [`needing_attention`] lists in all.
+pub async fn count_needing_attention(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    checkout_sessions::table
+        .filter(
+            checkout_sessions::state
+                .eq(SessionState::NeedsAttention)
+                .or(checkout_sessions::attention.is_not_null()),
+        )
+        .count()
+        .get_result(conn)
+        .await
+}
