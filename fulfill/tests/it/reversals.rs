@@ -70,7 +70,7 @@ async fn a_full_refund_takes_back_every_credit_once() {
     assert!(
         metric(
             &m,
-            "fulfill_stripe_request_duration_seconds_count{endpoint=\"charges.retrieve\",status=\"200\"}"
+            "fulfill_stripe_request_duration_seconds_count{endpoint=\"refunds.list\",status=\"200\"}"
         ) >= 1.0,
         "{m}"
     );
