@@ -7,9 +7,14 @@
 //! libpq. Query functions take `&mut AsyncPgConnection` so the caller owns the transaction.
 
 pub mod events;
+pub mod holds;
+pub mod idempotency;
 pub mod ledger;
+pub mod lots;
+pub mod outbox;
 pub mod schema;
 pub mod sessions;
+pub mod spending;
 
 use std::time::Duration;
 

@@ -87,7 +87,7 @@ fn user(session: &CheckoutSession) -> Result<UserId, String> {
     UserId::parse(raw.as_str()).map_err(|e| format!("{source} is not a usable user id: {e}"))
 }
 
-fn credits_per_unit(item: &LineItem) -> Result<i64, String> {
+pub(crate) fn credits_per_unit(item: &LineItem) -> Result<i64, String> {
     let price = item
         .price
         .as_ref()

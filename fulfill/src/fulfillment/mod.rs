@@ -6,6 +6,7 @@
 //! entry has a unique key, and the balance moves in the same transaction as the entry.
 
 pub mod credits;
+pub mod expiry_rule;
 pub mod reversal;
 
 use std::sync::Arc;
@@ -240,7 +241,7 @@ impl Fulfiller {
                 return Err(e.into());
             }
         };
-        let decision = credits::decide(&session);
+        let decision = expiry_rule::refine(credits::decide(&session), &session);
         if let Decision::Credit { user, .. } = &decision {
             span.record("user_id", user.as_str());
         }
@@ -394,6 +395,8 @@ async fn persist(
                         stripe_session_id: Some(session_id.as_str()),
                         stripe_event_id: event_id,
                         stripe_object_id: payment_intent,
+                        lots: expiry_rule::lots(session).unwrap_or_default(),
+                        ..NewEntry::default()
                     },
                 )
                 .await?;
@@ -410,6 +413,26 @@ async fn persist(
                 )
             }
             Decision::NeedsAttention { reason } => {
+                if row.state() != SessionState::NeedsAttention {
+                    let user = session
+                        .client_reference_id
+                        .as_deref()
+                        .or_else(|| {
+                            session
+                                .metadata
+                                .as_ref()?
+                                .get("user_id")
+                                .map(String::as_str)
+                        })
+                        .and_then(|raw| shared::ids::UserId::parse(raw).ok());
+                    db::outbox::announce_attention(
+                        conn,
+                        session_id.as_str(),
+                        user.as_ref().map(|u| u.as_str()),
+                        reason,
+                    )
+                    .await?;
+                }
                 let update = SessionUpdate {
                     state: Some(SessionState::NeedsAttention.as_str()),
                     reason: Some(Some(reason.as_str())),

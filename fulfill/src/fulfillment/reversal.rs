@@ -266,6 +266,7 @@ async fn apply(
                         stripe_session_id: Some(session_id.as_str()),
                         stripe_event_id: Some(event_id),
                         stripe_object_id: Some(id),
+                        ..NewEntry::default()
                     },
                 )
                 .await?;
@@ -293,6 +294,7 @@ async fn apply(
                 stripe_session_id: Some(session_id.as_str()),
                 stripe_event_id: Some(event_id),
                 stripe_object_id: Some(&e.object),
+                ..NewEntry::default()
             },
         )
         .await?;

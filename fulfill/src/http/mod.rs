@@ -1,34 +1,107 @@
 //! fulfill's HTTP API: the route table, and the bearer-token check of CONTRACT.md.
+//!
+//! Every path is a resource whose other methods answer 405; unknown paths answer 404;
+//! bad paths, query strings and bodies 400 — all with the JSON error body.
 
 mod attention;
 mod auth;
 mod balance;
+mod debits;
+mod errors;
 mod fulfill;
+mod grants;
 mod health;
+mod holds;
+mod idempotency;
 mod ledger;
 mod metrics;
 
-use actix_web::web;
+use actix_web::{Route, web};
 pub use auth::Authorized;
+use chrono::{DateTime, Utc};
+
+use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/users/{user_id}/balance", web::get().to(balance::balance))
-        .route("/users/{user_id}/ledger", web::get().to(ledger::ledger))
-        .route(
+    errors::configure(cfg);
+    let routes: [(&str, Route); 14] = [
+        ("/users/{user_id}/balance", web::get().to(balance::balance)),
+        ("/users/{user_id}/ledger", web::get().to(ledger::ledger)),
+        ("/users/{user_id}/debits", web::post().to(debits::debit)),
+        ("/users/{user_id}/holds", web::post().to(holds::create)),
+        ("/users/{user_id}/grants", web::post().to(grants::grant)),
+        ("/holds/{hold_id}", web::get().to(holds::show)),
+        ("/holds/{hold_id}/capture", web::post().to(holds::capture)),
+        ("/holds/{hold_id}/release", web::post().to(holds::release)),
+        (
             "/checkout/sessions/{session_id}/fulfill",
             web::post().to(fulfill::fulfill),
-        )
-        .route(
+        ),
+        (
             "/checkout/sessions/{session_id}",
             web::get().to(fulfill::state),
-        )
-        .route("/attention", web::get().to(attention::attention))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(metrics::metrics));
+        ),
+        ("/attention", web::get().to(attention::attention)),
+        ("/healthz", web::get().to(health::healthz)),
+        ("/readyz", web::get().to(health::readyz)),
+        ("/metrics", web::get().to(metrics::metrics)),
+    ];
+    for (path, route) in routes {
+        cfg.service(
+            web::resource(path)
+                .route(route)
+                .default_service(web::to(errors::method_not_allowed)),
+        );
+    }
+    cfg.default_service(web::to(errors::not_found));
 }
 
 /// Parses a user id from the path, with a clear 400 for one that can never be credited.
-fn user_id(raw: String) -> Result<shared::ids::UserId, crate::error::ApiError> {
-    shared::ids::UserId::parse(raw).map_err(|e| crate::error::ApiError::BadRequest(e.to_string()))
+fn user_id(raw: String) -> Result<shared::ids::UserId, ApiError> {
+    shared::ids::UserId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// The most credits one request may move; a guard against typos.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+/// Amounts are positive whole numbers of credits.
+fn amount(n: i64) -> Result<i64, ApiError> {
+    if (1..=MAX_AMOUNT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "amount must be a whole number between 1 and {MAX_AMOUNT}"
+        )))
+    }
+}
+
+fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
+    match reason {
+        Some(r) if r.len() > 500 => Err(ApiError::BadRequest(
+            "reason must be at most 500 bytes".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_metadata(
+    metadata: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), ApiError> {
+    match metadata {
+        Some(m) if m.len() > 50 || m.iter().any(|(k, v)| k.len() > 40 || v.len() > 500) => {
+            Err(ApiError::BadRequest(
+                "metadata: at most 50 keys of 40 bytes, values of 500 bytes".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A fresh id: the prefix and 96 random bits.
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{:024x}", rand::random::<u128>() >> 32)
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -10,4 +10,5 @@ mod delivery;
 mod helpers;
 mod operations;
 mod reversals;
+mod spending;
 mod stripe_faults;

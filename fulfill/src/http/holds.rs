@@ -1,0 +1,243 @@
+//! Holds: `POST /users/{user_id}/holds` reserves credits; `POST /holds/{id}/capture`
+//! takes up to the reserved amount (always, before `expires_at`: a hold is a promise) and
+//! releases the rest; `POST /holds/{id}/release` gives them back; `GET /holds/{id}`.
+//!
+//! Lock order, the same everywhere: the hold row, then the balance row.
+
+use actix_web::{HttpResponse, http::StatusCode, web};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    Authorized,
+    idempotency::{self, Answer, IdempotencyKey},
+};
+use crate::{
+    db::{
+        holds::{self, Hold},
+        ledger::{self, NewEntry},
+        spending,
+    },
+    error::ApiError,
+    startup::AppState,
+};
+
+pub const DEFAULT_TTL_SECS: i64 = 900;
+pub const MAX_TTL_SECS: i64 = 604_800;
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct HoldRequest {
+    pub amount: i64,
+    #[serde(default)]
+    pub ttl_secs: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CaptureRequest {
+    #[serde(default)]
+    pub amount: Option<i64>,
+}
+
+pub async fn create(
+    _: Authorized,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    key: IdempotencyKey,
+    body: web::Json<HoldRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let user = super::user_id(path.into_inner())?;
+    let request = body.into_inner();
+    let amount = super::amount(request.amount)?;
+    let ttl = request.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+        )));
+    }
+    super::check_reason(request.reason.as_deref())?;
+    let fingerprint = idempotency::fingerprint("hold", user.as_str(), &request);
+    let mut conn = state.pool.get().await?;
+    let conn: &mut AsyncPgConnection = &mut conn;
+    let answer = conn
+        .transaction(async |conn: &mut AsyncPgConnection| {
+            if let Some(replay) = idempotency::begin(conn, &key, &fingerprint).await? {
+                return Ok(replay);
+            }
+            let totals = spending::lock_totals(conn, user.as_str()).await?;
+            if amount > totals.available() {
+                return Err(ApiError::InsufficientCredits {
+                    available: totals.available(),
+                });
+            }
+            let hold_id = super::new_id("hold");
+            let hold = holds::insert(
+                conn,
+                &hold_id,
+                user.as_str(),
+                amount,
+                ttl,
+                request.reason.as_deref(),
+            )
+            .await?;
+            let held = totals.held + amount;
+            let body = json!({
+                "hold_id": hold.hold_id,
+                "user_id": hold.user_id,
+                "amount": hold.amount,
+                "status": "active",
+                "expires_at": super::rfc3339(hold.expires_at),
+                "credits": totals.credits,
+                "held": held,
+                "available": totals.credits - held,
+            });
+            idempotency::finish(conn, &key, StatusCode::CREATED, body).await
+        })
+        .await?;
+    Ok(answer.into_response())
+}
+
+pub async fn capture(
+    _: Authorized,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let hold_id = path.into_inner();
+    let request: CaptureRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CaptureRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let mut conn = state.pool.get().await?;
+    let conn: &mut AsyncPgConnection = &mut conn;
+    let answer = conn
+        .transaction(async |conn: &mut AsyncPgConnection| {
+            let (hold, unexpired) = locked(conn, &hold_id).await?;
+            match holds::effective_status(&hold.status, unexpired) {
+                "captured" => return Ok(settled(&hold)),
+                "active" => {}
+                other => {
+                    return Err(ApiError::HoldNotActive {
+                        status: other.to_owned(),
+                    });
+                }
+            }
+            let take = request.amount.unwrap_or(hold.amount);
+            if !(1..=hold.amount).contains(&take) {
+                return Err(ApiError::BadRequest(format!(
+                    "amount must be between 1 and the held {}",
+                    hold.amount
+                )));
+            }
+            let entry_key = format!("capture:{}", hold.hold_id);
+            let appended = ledger::append_entry(
+                conn,
+                &NewEntry {
+                    user_id: &hold.user_id,
+                    delta: -take,
+                    reason: "debit",
+                    idempotency_key: &entry_key,
+                    hold_id: Some(&hold.hold_id),
+                    memo: hold.reason.as_deref(),
+                    ..NewEntry::default()
+                },
+            )
+            .await?;
+            let credits = match appended {
+                Some(a) => a.credits_after,
+                None => spending::totals(conn, &hold.user_id).await?.credits,
+            };
+            // This hold still counts in `held` until it is settled below.
+            let held = spending::held(conn, &hold.user_id).await? - hold.amount;
+            let body = json!({
+                "hold_id": hold.hold_id,
+                "status": "captured",
+                "captured": take,
+                "credits": credits,
+                "held": held,
+                "available": credits - held,
+            });
+            holds::settle(conn, &hold.hold_id, "captured", Some(take), &body).await?;
+            Ok(Answer::new(StatusCode::OK, body))
+        })
+        .await?;
+    Ok(answer.into_response())
+}
+
+pub async fn release(
+    _: Authorized,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let hold_id = path.into_inner();
+    let mut conn = state.pool.get().await?;
+    let conn: &mut AsyncPgConnection = &mut conn;
+    let answer = conn
+        .transaction(async |conn: &mut AsyncPgConnection| {
+            let (hold, unexpired) = locked(conn, &hold_id).await?;
+            let status = holds::effective_status(&hold.status, unexpired).to_owned();
+            match status.as_str() {
+                "released" => return Ok(settled(&hold)),
+                "captured" => return Err(ApiError::HoldNotActive { status }),
+                _ => {}
+            }
+            let mut totals = spending::totals(conn, &hold.user_id).await?;
+            if status == "active" {
+                // Still counted until it is settled below.
+                totals.held -= hold.amount;
+            }
+            let body = json!({
+                "hold_id": hold.hold_id,
+                "status": if status == "active" { "released" } else { "expired" },
+                "credits": totals.credits,
+                "held": totals.held,
+                "available": totals.available(),
+            });
+            if status == "active" {
+                holds::settle(conn, &hold.hold_id, "released", None, &body).await?;
+            }
+            Ok(Answer::new(StatusCode::OK, body))
+        })
+        .await?;
+    Ok(answer.into_response())
+}
+
+pub async fn show(
+    _: Authorized,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let hold_id = path.into_inner();
+    let mut conn = state.pool.get().await?;
+    let (hold, unexpired) = holds::find(&mut conn, &hold_id)
+        .await?
+        .ok_or_else(|| not_found(&hold_id))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "hold_id": hold.hold_id,
+        "user_id": hold.user_id,
+        "amount": hold.amount,
+        "status": holds::effective_status(&hold.status, unexpired),
+        "captured": hold.captured,
+        "reason": hold.reason,
+        "expires_at": super::rfc3339(hold.expires_at),
+    })))
+}
+
+fn not_found(hold_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no hold {hold_id:?}"))
+}
+
+async fn locked(conn: &mut AsyncPgConnection, hold_id: &str) -> Result<(Hold, bool), ApiError> {
+    holds::lock(conn, hold_id)
+        .await?
+        .ok_or_else(|| not_found(hold_id))
+}
+
+/// The answer a settled hold gave the first time.
+fn settled(hold: &Hold) -> Answer {
+    Answer::new(StatusCode::OK, hold.settled.clone().unwrap_or(Value::Null))
+}
