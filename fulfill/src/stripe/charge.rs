@@ -106,20 +106,17 @@ mod tests {
 
     #[test]
     fn reads_the_fixture_charge_refund_and_dispute() {
-        let c: Charge = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/stripe/charge.json"
-        ))
-        .unwrap();
+        let c: Charge =
+            serde_json::from_str(include_str!("../../../tests/fixtures/stripe/charge.json"))
+                .unwrap();
         assert_eq!(c.amount, 100);
-        let r: Refund = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/stripe/refund.json"
-        ))
-        .unwrap();
+        let r: Refund =
+            serde_json::from_str(include_str!("../../../tests/fixtures/stripe/refund.json"))
+                .unwrap();
         assert!(r.counts());
-        let d: Dispute = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/stripe/dispute.json"
-        ))
-        .unwrap();
+        let d: Dispute =
+            serde_json::from_str(include_str!("../../../tests/fixtures/stripe/dispute.json"))
+                .unwrap();
         assert_eq!(d.charge.id(), "ch_1PgafuB7WZ01zgkWXYmPNZs8");
     }
 

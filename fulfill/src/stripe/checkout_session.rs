@@ -190,9 +190,8 @@ mod tests {
     use super::*;
 
     const SESSION: &str = include_str!("../../../tests/fixtures/stripe/checkout_session.json");
-    const EVENT: &str = include_str!(
-        "../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json"
-    );
+    const EVENT: &str =
+        include_str!("../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json");
     const LIST: &str = include_str!("../../../tests/fixtures/stripe/list_line_items.json");
 
     #[test]

@@ -9,9 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "whsec_test_ingest_secret_1";
 pub const ROTATED_SECRET: &str = "whsec_test_ingest_secret_2";
-pub const REAL_EVENT: &[u8] = include_bytes!(
-    "../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json"
-);
+pub const REAL_EVENT: &[u8] =
+    include_bytes!("../../../tests/fixtures/stripe/event_checkout_session_completed_basil.json");
 pub const QUIET: Duration = Duration::from_millis(700);
 
 pub struct TestApp {

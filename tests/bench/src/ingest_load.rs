@@ -21,9 +21,7 @@ const WINDOW: usize = 512;
 
 /// The real delivered event, pretty-printed as Stripe sends it (~3.4 KB).
 fn body() -> Vec<u8> {
-    let raw = include_str!(
-        "../../fixtures/stripe/event_checkout_session_completed_basil.json"
-    );
+    let raw = include_str!("../../fixtures/stripe/event_checkout_session_completed_basil.json");
     let v: serde_json::Value = serde_json::from_str(raw).unwrap();
     serde_json::to_vec_pretty(&v).unwrap()
 }

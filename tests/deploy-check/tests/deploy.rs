@@ -346,8 +346,7 @@ fn healthcheck_target(command: &str) -> (u16, String) {
 
 #[test]
 fn the_compose_file_validates_against_the_compose_specification_schema() {
-    let schema_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/compose-spec.json");
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/compose-spec.json");
     let schema: Json = serde_json::from_str(&fs::read_to_string(&schema_path).unwrap()).unwrap();
     let validator = jsonschema::draft7::new(&schema).unwrap();
 
