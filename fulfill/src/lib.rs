@@ -13,6 +13,7 @@ pub mod error;
 pub mod fulfillment;
 mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod reconcile;
 pub mod startup;
 pub mod stripe;

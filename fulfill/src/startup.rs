@@ -97,6 +97,12 @@ impl Application {
                 background.clone(),
             ));
         }
+        // Credit events: the outbox relay, in every process.
+        tokio::spawn(crate::outbox::run(
+            pool.clone(),
+            config.amqp.clone(),
+            background.clone(),
+        ));
         let state = web::Data::new(AppState {
             pool,
             fulfiller,

@@ -9,6 +9,7 @@ mod credits_rule;
 mod delivery;
 mod helpers;
 mod operations;
+mod outbox;
 mod reversals;
 mod spending;
 mod stripe_faults;
