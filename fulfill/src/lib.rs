@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod db;
 pub mod dlq;
 pub mod error;
+pub mod expiry;
 pub mod fulfillment;
 mod http;
 pub mod metrics;

@@ -97,12 +97,13 @@ impl Application {
                 background.clone(),
             ));
         }
-        // Credit events: the outbox relay, in every process.
+        // Credit events (outbox relay) and expiry of credit lots, in every process.
         tokio::spawn(crate::outbox::run(
             pool.clone(),
             config.amqp.clone(),
             background.clone(),
         ));
+        tokio::spawn(crate::expiry::run(pool.clone(), background.clone()));
         let state = web::Data::new(AppState {
             pool,
             fulfiller,
