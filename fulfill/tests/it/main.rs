@@ -7,6 +7,7 @@
 mod api;
 mod credits_rule;
 mod delivery;
+mod errors;
 mod expiry;
 mod helpers;
 mod operations;
