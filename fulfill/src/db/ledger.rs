@@ -54,13 +54,15 @@ pub struct Appended {
     pub sequence: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq, Eq)]
+/// One ledger entry as the API shows it.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[diesel(table_name = ledger_entries)]
 pub struct Entry {
     pub id: i64,
     #[serde(skip)]
     pub user_id: String,
     pub delta: i64,
+    /// purchase, refund, dispute, dispute_won, debit, grant, expiry or adjustment.
     pub reason: String,
     #[serde(skip)]
     pub idempotency_key: String,
@@ -73,6 +75,7 @@ pub struct Entry {
     pub grant_id: Option<String>,
     /// The caller's own words (a debit's or grant's `reason`).
     pub memo: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// The entry's place in the user's sequence (as in its credit event).
     pub sequence: Option<i64>,

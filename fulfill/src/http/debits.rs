@@ -6,10 +6,12 @@ use actix_web::{HttpResponse, http::StatusCode, web};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{
     Authorized,
     idempotency::{self, IdempotencyKey},
+    openapi::ErrorBody,
 };
 use crate::{
     db::{
@@ -20,14 +22,49 @@ use crate::{
     startup::AppState,
 };
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct DebitRequest {
+    /// Credits to spend, a positive whole number.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
+    /// The website's own words, kept as the entry's `memo`.
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Debit {
+    pub debit_id: String,
+    pub user_id: String,
+    pub amount: i64,
+    /// The balance after the debit.
+    pub credits: i64,
+    pub held: i64,
+    pub available: i64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/debits",
+    tag = "spending",
+    params(
+        ("user_id" = String, Path, description = "The website's user id"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters; the same key and request replay the first answer"),
+    ),
+    request_body = DebitRequest,
+    responses(
+        (status = 201, description = "Spent", body = Debit,
+         headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "Bad body, user id or Idempotency-Key (`idempotency_key_missing`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "`insufficient_credits`, with `available`; nothing recorded", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused` for another request", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 
 pub async fn debit(
     _: Authorized,
@@ -73,13 +110,13 @@ pub async fn debit(
             )
             .await?
             .ok_or_else(|| ApiError::BadRequest("duplicate debit id; retry".into()))?;
-            let body = json!({
-                "debit_id": debit_id,
-                "user_id": user.as_str(),
-                "amount": amount,
-                "credits": appended.credits_after,
-                "held": totals.held,
-                "available": appended.credits_after - totals.held,
+            let body = json!(Debit {
+                debit_id,
+                user_id: user.as_str().to_owned(),
+                amount,
+                credits: appended.credits_after,
+                held: totals.held,
+                available: appended.credits_after - totals.held,
             });
             idempotency::finish(conn, &key, StatusCode::CREATED, body).await
         })

@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{
     Authorized,
     idempotency::{self, IdempotencyKey},
+    openapi::ErrorBody,
 };
 use crate::{
     db::{
@@ -20,13 +22,48 @@ use crate::{
     startup::AppState,
 };
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct GrantRequest {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
+    /// Why (goodwill, promotion…); required.
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
+    /// When the granted credits expire (RFC 3339, in the future); never without it.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Grant {
+    pub grant_id: String,
+    pub user_id: String,
+    pub amount: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub credits: i64,
+    pub held: i64,
+    pub available: i64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/grants",
+    tag = "spending",
+    params(
+        ("user_id" = String, Path, description = "The website's user id"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters"),
+    ),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, description = "Granted", body = Grant,
+         headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "Bad body, user id or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 
 pub async fn grant(
     _: Authorized,
@@ -78,14 +115,14 @@ pub async fn grant(
             )
             .await?
             .ok_or_else(|| ApiError::BadRequest("duplicate grant id; retry".into()))?;
-            let body = json!({
-                "grant_id": grant_id,
-                "user_id": user.as_str(),
-                "amount": amount,
-                "expires_at": request.expires_at.map(super::rfc3339),
-                "credits": appended.credits_after,
-                "held": totals.held,
-                "available": appended.credits_after - totals.held,
+            let body = json!(Grant {
+                grant_id,
+                user_id: user.as_str().to_owned(),
+                amount,
+                expires_at: request.expires_at,
+                credits: appended.credits_after,
+                held: totals.held,
+                available: appended.credits_after - totals.held,
             });
             idempotency::finish(conn, &key, StatusCode::CREATED, body).await
         })

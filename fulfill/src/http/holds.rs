@@ -5,13 +5,16 @@
 //! Lock order, the same everywhere: the hold row, then the balance row.
 
 use actix_web::{HttpResponse, http::StatusCode, web};
+use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::{
     Authorized,
     idempotency::{self, Answer, IdempotencyKey},
+    openapi::ErrorBody,
 };
 use crate::{
     db::{
@@ -26,20 +29,110 @@ use crate::{
 pub const DEFAULT_TTL_SECS: i64 = 900;
 pub const MAX_TTL_SECS: i64 = 604_800;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct HoldRequest {
+    #[schema(minimum = 1, maximum = 1000000000000_i64)]
     pub amount: i64,
+    /// Seconds until the hold expires by itself (default 900).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     pub ttl_secs: Option<i64>,
     #[serde(default)]
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct CaptureRequest {
+    /// How much of the hold to take (1..amount held); default all. The rest is released.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub amount: Option<i64>,
 }
+
+/// `active` until captured or released; `expired` once past `expires_at` unsettled.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Active,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    fn of(stored: &str, unexpired: bool) -> Self {
+        match holds::effective_status(stored, unexpired) {
+            "captured" => Self::Captured,
+            "released" => Self::Released,
+            "expired" => Self::Expired,
+            _ => Self::Active,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewHold {
+    pub hold_id: String,
+    pub user_id: String,
+    pub amount: i64,
+    pub status: HoldStatus,
+    pub expires_at: DateTime<Utc>,
+    pub credits: i64,
+    pub held: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Captured {
+    pub hold_id: String,
+    pub status: HoldStatus,
+    pub captured: i64,
+    pub credits: i64,
+    pub held: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Released {
+    pub hold_id: String,
+    /// `released`, or `expired` when the hold had expired first.
+    pub status: HoldStatus,
+    pub credits: i64,
+    pub held: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldView {
+    pub hold_id: String,
+    pub user_id: String,
+    pub amount: i64,
+    pub status: HoldStatus,
+    pub captured: Option<i64>,
+    pub reason: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/holds",
+    tag = "spending",
+    params(
+        ("user_id" = String, Path, description = "The website's user id"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters"),
+    ),
+    request_body = HoldRequest,
+    responses(
+        (status = 201, description = "Reserved", body = NewHold,
+         headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "Bad body, user id or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "`insufficient_credits`, with `available`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 
 pub async fn create(
     _: Authorized,
@@ -83,15 +176,15 @@ pub async fn create(
             )
             .await?;
             let held = totals.held + amount;
-            let body = json!({
-                "hold_id": hold.hold_id,
-                "user_id": hold.user_id,
-                "amount": hold.amount,
-                "status": "active",
-                "expires_at": super::rfc3339(hold.expires_at),
-                "credits": totals.credits,
-                "held": held,
-                "available": totals.credits - held,
+            let body = json!(NewHold {
+                hold_id: hold.hold_id,
+                user_id: hold.user_id,
+                amount: hold.amount,
+                status: HoldStatus::Active,
+                expires_at: hold.expires_at,
+                credits: totals.credits,
+                held,
+                available: totals.credits - held,
             });
             idempotency::finish(conn, &key, StatusCode::CREATED, body).await
         })
@@ -99,6 +192,22 @@ pub async fn create(
     Ok(answer.into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/holds/{hold_id}/capture",
+    tag = "spending",
+    params(("hold_id" = String, Path)),
+    request_body(content = Option<CaptureRequest>, description = "Optional; empty takes the whole hold"),
+    responses(
+        (status = 200, description = "Captured (again: the same answer, nothing more taken)", body = Captured),
+        (status = 400, description = "Bad body or amount", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`hold_not_active`, with `status` (released, expired)", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn capture(
     _: Authorized,
     state: web::Data<AppState>,
@@ -153,13 +262,13 @@ pub async fn capture(
             };
             // This hold still counts in `held` until it is settled below.
             let held = spending::held(conn, &hold.user_id).await? - hold.amount;
-            let body = json!({
-                "hold_id": hold.hold_id,
-                "status": "captured",
-                "captured": take,
-                "credits": credits,
-                "held": held,
-                "available": credits - held,
+            let body = json!(Captured {
+                hold_id: hold.hold_id.clone(),
+                status: HoldStatus::Captured,
+                captured: take,
+                credits,
+                held,
+                available: credits - held,
             });
             holds::settle(conn, &hold.hold_id, "captured", Some(take), &body).await?;
             Ok(Answer::new(StatusCode::OK, body))
@@ -168,6 +277,20 @@ pub async fn capture(
     Ok(answer.into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/holds/{hold_id}/release",
+    tag = "spending",
+    params(("hold_id" = String, Path)),
+    responses(
+        (status = 200, description = "Released, or already expired (again: the same answer)", body = Released),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`hold_not_active` (captured), with `status`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn release(
     _: Authorized,
     state: web::Data<AppState>,
@@ -190,12 +313,16 @@ pub async fn release(
                 // Still counted until it is settled below.
                 totals.held -= hold.amount;
             }
-            let body = json!({
-                "hold_id": hold.hold_id,
-                "status": if status == "active" { "released" } else { "expired" },
-                "credits": totals.credits,
-                "held": totals.held,
-                "available": totals.available(),
+            let body = json!(Released {
+                hold_id: hold.hold_id.clone(),
+                status: if status == "active" {
+                    HoldStatus::Released
+                } else {
+                    HoldStatus::Expired
+                },
+                credits: totals.credits,
+                held: totals.held,
+                available: totals.available(),
             });
             if status == "active" {
                 holds::settle(conn, &hold.hold_id, "released", None, &body).await?;
@@ -206,6 +333,19 @@ pub async fn release(
     Ok(answer.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/holds/{hold_id}",
+    tag = "spending",
+    params(("hold_id" = String, Path)),
+    responses(
+        (status = 200, description = "The hold", body = HoldView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn show(
     _: Authorized,
     state: web::Data<AppState>,
@@ -216,15 +356,15 @@ pub async fn show(
     let (hold, unexpired) = holds::find(&mut conn, &hold_id)
         .await?
         .ok_or_else(|| not_found(&hold_id))?;
-    Ok(HttpResponse::Ok().json(json!({
-        "hold_id": hold.hold_id,
-        "user_id": hold.user_id,
-        "amount": hold.amount,
-        "status": holds::effective_status(&hold.status, unexpired),
-        "captured": hold.captured,
-        "reason": hold.reason,
-        "expires_at": super::rfc3339(hold.expires_at),
-    })))
+    Ok(HttpResponse::Ok().json(HoldView {
+        status: HoldStatus::of(&hold.status, unexpired),
+        hold_id: hold.hold_id,
+        user_id: hold.user_id,
+        amount: hold.amount,
+        captured: hold.captured,
+        reason: hold.reason,
+        expires_at: hold.expires_at,
+    }))
 }
 
 fn not_found(hold_id: &str) -> ApiError {

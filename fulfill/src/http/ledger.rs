@@ -5,15 +5,21 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
-use super::Authorized;
+use super::{Authorized, openapi::ErrorBody};
 use crate::{db::ledger, error::ApiError, startup::AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// The cursor: entries after this entry id (the `Next-Cursor` of the previous page).
     #[serde(default)]
+    #[param(minimum = 0)]
     after: i64,
+    /// Entries per page, 1 to 1000 (default 100).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: i64,
 }
 
@@ -21,6 +27,23 @@ fn default_limit() -> i64 {
     100
 }
 
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}/ledger",
+    tag = "spending",
+    params(("user_id" = String, Path, description = "The website's user id"), Page),
+    responses(
+        (status = 200, description = "Entries, oldest first", body = Vec<ledger::Entry>,
+         headers(
+             ("Next-Cursor" = String, description = "Present on a full page: pass as `after`"),
+             ("Link" = String, description = "The next page, `rel=\"next\"`"),
+         )),
+        (status = 400, description = "Bad user id or query string", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn ledger(
     _: Authorized,
     state: web::Data<AppState>,

@@ -15,16 +15,16 @@ mod holds;
 mod idempotency;
 mod ledger;
 mod metrics;
+pub mod openapi;
 
 use actix_web::{Route, web};
 pub use auth::Authorized;
-use chrono::{DateTime, Utc};
 
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     errors::configure(cfg);
-    let routes: [(&str, Route); 14] = [
+    let routes: [(&str, Route); 15] = [
         ("/users/{user_id}/balance", web::get().to(balance::balance)),
         ("/users/{user_id}/ledger", web::get().to(ledger::ledger)),
         ("/users/{user_id}/debits", web::post().to(debits::debit)),
@@ -45,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ("/healthz", web::get().to(health::healthz)),
         ("/readyz", web::get().to(health::readyz)),
         ("/metrics", web::get().to(metrics::metrics)),
+        ("/openapi.json", web::get().to(openapi::openapi_json)),
     ];
     for (path, route) in routes {
         cfg.service(
@@ -100,8 +101,4 @@ fn check_metadata(
 /// A fresh id: the prefix and 96 random bits.
 fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:024x}", rand::random::<u128>() >> 32)
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
