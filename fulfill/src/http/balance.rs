@@ -23,7 +23,7 @@ pub struct Balance {
     get,
     path = "/users/{user_id}/balance",
     tag = "spending",
-    params(("user_id" = String, Path, description = "The website's user id")),
+    params(("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$")),
     responses(
         (status = 200, description = "The balance (0 for a user never credited)", body = Balance),
         (status = 400, description = "Not a usable user id", body = ErrorBody),

@@ -29,7 +29,9 @@ pub struct DebitRequest {
     pub amount: i64,
     /// The website's own words, kept as the entry's `memo`.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
+    /// At most 50 keys of up to 40 bytes, values of up to 500 bytes; kept on the entry.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
 }
@@ -50,8 +52,8 @@ pub struct Debit {
     path = "/users/{user_id}/debits",
     tag = "spending",
     params(
-        ("user_id" = String, Path, description = "The website's user id"),
-        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters; the same key and request replay the first answer"),
+        ("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters; the same key and request replay the first answer", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = DebitRequest,
     responses(

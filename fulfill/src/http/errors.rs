@@ -10,8 +10,15 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::NotFound(format!("no route {} {}", req.method(), req.path())).error_response()
 }
 
-pub async fn method_not_allowed() -> HttpResponse {
-    ApiError::MethodNotAllowed.error_response()
+/// 405 with `Allow` naming the method the path does answer (RFC 9110 §15.5.6).
+pub async fn method_not_allowed(allow: String) -> HttpResponse {
+    let mut response = ApiError::MethodNotAllowed.error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }
 
 fn bad_request(what: &str, cause: &dyn std::fmt::Display) -> ActixError {

@@ -50,8 +50,8 @@ pub struct Grant {
     path = "/users/{user_id}/grants",
     tag = "spending",
     params(
-        ("user_id" = String, Path, description = "The website's user id"),
-        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters"),
+        ("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = GrantRequest,
     responses(

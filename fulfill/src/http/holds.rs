@@ -38,6 +38,7 @@ pub struct HoldRequest {
     #[schema(minimum = 1, maximum = 604800)]
     pub ttl_secs: Option<i64>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -118,8 +119,8 @@ pub struct HoldView {
     path = "/users/{user_id}/holds",
     tag = "spending",
     params(
-        ("user_id" = String, Path, description = "The website's user id"),
-        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters"),
+        ("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = HoldRequest,
     responses(
@@ -215,11 +216,13 @@ pub async fn capture(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let hold_id = path.into_inner();
+    // No body, or `null`, takes the whole hold.
     let request: CaptureRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CaptureRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<CaptureRequest>>(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+            .unwrap_or_default()
     };
     let mut conn = state.pool.get().await?;
     let conn: &mut AsyncPgConnection = &mut conn;

@@ -31,7 +31,7 @@ fn default_limit() -> i64 {
     get,
     path = "/users/{user_id}/ledger",
     tag = "spending",
-    params(("user_id" = String, Path, description = "The website's user id"), Page),
+    params(("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"), Page),
     responses(
         (status = 200, description = "Entries, oldest first", body = Vec<ledger::Entry>,
          headers(
@@ -52,6 +52,9 @@ pub async fn ledger(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let user = super::user_id(path.into_inner())?;
+    if page.after < 0 {
+        return Err(ApiError::BadRequest("after must not be negative".into()));
+    }
     if !(1..=1000).contains(&page.limit) {
         return Err(ApiError::BadRequest(
             "limit must be between 1 and 1000".into(),

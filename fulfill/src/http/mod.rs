@@ -17,41 +17,47 @@ mod ledger;
 mod metrics;
 pub mod openapi;
 
-use actix_web::{Route, web};
+use actix_web::{Route, http::Method, web};
+
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
 pub use auth::Authorized;
 
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     errors::configure(cfg);
-    let routes: [(&str, Route); 15] = [
-        ("/users/{user_id}/balance", web::get().to(balance::balance)),
-        ("/users/{user_id}/ledger", web::get().to(ledger::ledger)),
-        ("/users/{user_id}/debits", web::post().to(debits::debit)),
-        ("/users/{user_id}/holds", web::post().to(holds::create)),
-        ("/users/{user_id}/grants", web::post().to(grants::grant)),
-        ("/holds/{hold_id}", web::get().to(holds::show)),
-        ("/holds/{hold_id}/capture", web::post().to(holds::capture)),
-        ("/holds/{hold_id}/release", web::post().to(holds::release)),
+    let routes: [(&str, Method, Route); 15] = [
+        ("/users/{user_id}/balance", GET, web::to(balance::balance)),
+        ("/users/{user_id}/ledger", GET, web::to(ledger::ledger)),
+        ("/users/{user_id}/debits", POST, web::to(debits::debit)),
+        ("/users/{user_id}/holds", POST, web::to(holds::create)),
+        ("/users/{user_id}/grants", POST, web::to(grants::grant)),
+        ("/holds/{hold_id}", GET, web::to(holds::show)),
+        ("/holds/{hold_id}/capture", POST, web::to(holds::capture)),
+        ("/holds/{hold_id}/release", POST, web::to(holds::release)),
         (
             "/checkout/sessions/{session_id}/fulfill",
-            web::post().to(fulfill::fulfill),
+            POST,
+            web::to(fulfill::fulfill),
         ),
         (
             "/checkout/sessions/{session_id}",
-            web::get().to(fulfill::state),
+            GET,
+            web::to(fulfill::state),
         ),
-        ("/attention", web::get().to(attention::attention)),
-        ("/healthz", web::get().to(health::healthz)),
-        ("/readyz", web::get().to(health::readyz)),
-        ("/metrics", web::get().to(metrics::metrics)),
-        ("/openapi.json", web::get().to(openapi::openapi_json)),
+        ("/attention", GET, web::to(attention::attention)),
+        ("/healthz", GET, web::to(health::healthz)),
+        ("/readyz", GET, web::to(health::readyz)),
+        ("/metrics", GET, web::to(metrics::metrics)),
+        ("/openapi.json", GET, web::to(openapi::openapi_json)),
     ];
-    for (path, route) in routes {
+    for (path, method, route) in routes {
+        let allow = method.to_string();
         cfg.service(
             web::resource(path)
-                .route(route)
-                .default_service(web::to(errors::method_not_allowed)),
+                .route(route.method(method))
+                .default_service(web::to(move || errors::method_not_allowed(allow.clone()))),
         );
     }
     cfg.default_service(web::to(errors::not_found));

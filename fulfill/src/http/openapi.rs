@@ -103,7 +103,7 @@ pub struct ReadinessDoc {
     post,
     path = "/checkout/sessions/{session_id}/fulfill",
     tag = "checkout",
-    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)")),
+    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)", pattern = "^cs_[A-Za-z0-9_]{1,252}$")),
     responses(
         (status = 200, description = "Fulfilled (idempotent; safe to race the webhook)", body = FulfillmentStateDoc),
         (status = 400, description = "Not a Checkout Session id", body = ErrorBody),
@@ -121,7 +121,7 @@ fn fulfill_session() {}
     get,
     path = "/checkout/sessions/{session_id}",
     tag = "checkout",
-    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)")),
+    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)", pattern = "^cs_[A-Za-z0-9_]{1,252}$")),
     responses(
         (status = 200, description = "What fulfill recorded (no Stripe call)", body = FulfillmentStateDoc),
         (status = 400, description = "Not a Checkout Session id", body = ErrorBody),

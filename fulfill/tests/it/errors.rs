@@ -37,7 +37,9 @@ async fn unknown_routes_wrong_methods_and_bad_input_answer_json_errors() {
     )
     .await;
     assert_eq!((s, b["code"].as_str()), (405, Some("method_not_allowed")));
-    let (s, b) = error_of(app.get(c, "/users/x/debits").await).await;
+    let r = app.get(c, "/users/x/debits").await;
+    assert_eq!(r.headers().get("allow").unwrap(), "POST");
+    let (s, b) = error_of(r).await;
     assert_eq!((s, b["code"].as_str()), (405, Some("method_not_allowed")));
     let (s, b) = error_of(app.get(c, "/users/x/ledger?limit=abc").await).await;
     assert_eq!((s, b["code"].as_str()), (400, Some("bad_request")));
