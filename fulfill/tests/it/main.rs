@@ -10,6 +10,7 @@ mod delivery;
 mod errors;
 mod expiry;
 mod helpers;
+mod migrations;
 mod openapi;
 mod operations;
 mod outbox;
