@@ -85,6 +85,8 @@ impl FulfillError {
 
 pub use shared::telemetry::error_chain;
 
+/// Every failure of fulfill's API, each with its HTTP status and machine `code`; the body
+/// is `{"error": "<for people>", "code": "<for machines>"}` plus the fields a variant names.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or invalid bearer token")]
@@ -96,10 +98,53 @@ pub enum ApiError {
     /// The object belongs to the other Stripe mode.
     #[error("{0}")]
     WrongMode(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the Idempotency-Key header is required")]
+    IdempotencyKeyMissing,
+    #[error("the Idempotency-Key header must be 1-255 visible ASCII characters")]
+    IdempotencyKeyInvalid,
+    #[error("this Idempotency-Key was used for another request")]
+    IdempotencyKeyReused,
+    #[error("not enough credits available ({available})")]
+    InsufficientCredits { available: i64 },
+    #[error("the hold is {status}")]
+    HoldNotActive { status: String },
     #[error("temporarily unavailable; retry later")]
     Unavailable(#[source] FulfillError),
     #[error("internal error")]
     Internal(#[source] FulfillError),
+}
+
+impl ApiError {
+    /// The machine-readable `code` of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound(_) => "not_found",
+            Self::WrongMode(_) => "wrong_mode",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyInvalid => "idempotency_key_invalid",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::InsufficientCredits { .. } => "insufficient_credits",
+            Self::HoldNotActive { .. } => "hold_not_active",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The error body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({ "error": self.to_string(), "code": self.code() });
+        match self {
+            Self::InsufficientCredits { available } => body["available"] = json!(available),
+            Self::HoldNotActive { status } => body["status"] = json!(status),
+            _ => {}
+        }
+        body
+    }
 }
 
 /// Seconds a client is asked to wait after a 503.
@@ -132,9 +177,14 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::WrongMode(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InsufficientCredits { .. } | Self::HoldNotActive { .. } => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -154,11 +204,6 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        match self {
-            Self::WrongMode(_) => {
-                response.json(json!({ "error": self.to_string(), "code": "wrong_mode" }))
-            }
-            _ => response.json(json!({ "error": self.to_string() })),
-        }
+        response.json(self.body())
     }
 }

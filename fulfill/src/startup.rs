@@ -66,6 +66,13 @@ impl Application {
             Arc::clone(&metrics),
             background.clone(),
         ));
+        // Credit events (outbox relay) and expiry of credit lots, in every process.
+        tokio::spawn(crate::outbox::run(
+            pool.clone(),
+            config.amqp.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(crate::expiry::run(pool.clone(), background.clone()));
         let state = web::Data::new(AppState::new(
             pool,
             fulfiller,

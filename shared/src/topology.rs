@@ -10,6 +10,10 @@
 //!
 //! fulfill ─ transient failure ─► {p}fulfill.retry (per-message TTL) ─► back to {p}fulfill.checkout
 //!         ─ permanent failure ─► {p}fulfill.dead (quorum; reason in headers)
+//!
+//! fulfill's outbox relay ─► {p}credits.events (topic, durable)
+//!              routing keys credits.<reason>, session.needs_attention; websites bind
+//!              their own queues (e.g. `credits.#`)
 //! ```
 //!
 //! Verified events of types nobody consumes go to the alternate exchange and a queue capped
@@ -64,6 +68,12 @@ impl Topology {
         self.name("stripe.events")
     }
 
+    /// The topic exchange fulfill announces credit events on (`credits.<reason>`,
+    /// `session.needs_attention`); websites bind their own queues to it.
+    pub fn credit_events_exchange(&self) -> String {
+        self.name("credits.events")
+    }
+
     /// Alternate exchange (and its queue) for event types no queue is bound to.
     pub fn unrouted_exchange(&self) -> String {
         self.name("stripe.unrouted")
@@ -99,8 +109,12 @@ impl Topology {
     }
 
     /// Every exchange, for tests that clean up after themselves.
-    pub fn exchanges(&self) -> [String; 2] {
-        [self.events_exchange(), self.unrouted_exchange()]
+    pub fn exchanges(&self) -> [String; 3] {
+        [
+            self.events_exchange(),
+            self.unrouted_exchange(),
+            self.credit_events_exchange(),
+        ]
     }
 
     /// Declares exchanges, queues and bindings. Idempotent: safe to run from every
@@ -124,6 +138,14 @@ impl Topology {
                 ExchangeKind::Topic,
                 durable_exchange,
                 table([("alternate-exchange", long_string(self.unrouted_exchange()))]),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.credit_events_exchange().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
             )
             .await?;
 
@@ -234,5 +256,6 @@ mod tests {
             assert!(name.starts_with("t123."), "{name}");
         }
         assert_eq!(t.checkout_queue(), "t123.fulfill.checkout");
+        assert_eq!(t.credit_events_exchange(), "t123.credits.events");
     }
 }

@@ -3,6 +3,11 @@
 //! An entry and its balance change are written together, in the caller's transaction;
 //! the unique `idempotency_key` makes a second write of the same entry a no-op, which is
 //! what makes crediting exactly-once across redeliveries, restarts and processes.
+//!
+//! [`append`] is the one write path of entries: in the same transaction it moves the
+//! balance (taking its row lock, which every spending decision also takes), numbers the
+//! entry in the user's `sequence`, creates or consumes credit lots ([`super::lots`]) and
+//! writes the credit event to the outbox ([`super::outbox`]).
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -15,7 +20,7 @@ use serde::Serialize;
 use super::schema::{balances, ledger_entries};
 use crate::domain::target::{Component, Components};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewEntry<'a> {
     pub user_id: &'a str,
     pub delta: i64,
@@ -26,15 +31,36 @@ pub struct NewEntry<'a> {
     pub stripe_object_id: Option<&'a str>,
     /// The part of a session's credits the entry moves (entries of a session only).
     pub component: Option<Component>,
+    /// The debit, hold (capture) or grant behind the entry.
+    pub debit_id: Option<&'a str>,
+    pub hold_id: Option<&'a str>,
+    pub grant_id: Option<&'a str>,
+    /// The caller's words (a debit's or grant's `reason`) and metadata.
+    pub memo: Option<&'a str>,
+    pub metadata: Option<&'a serde_json::Value>,
+    /// The lots a positive entry creates; empty: one non-expiring lot of the whole delta.
+    pub lots: Vec<LotSpec>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq, Eq)]
+pub use crate::domain::expiry_rule::LotSpec;
+
+/// What [`append_entry`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub entry_id: i64,
+    pub credits_after: i64,
+    pub sequence: i64,
+}
+
+/// One ledger entry as the API shows it.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[diesel(table_name = ledger_entries)]
 pub struct Entry {
     pub id: i64,
     #[serde(skip)]
     pub user_id: String,
     pub delta: i64,
+    /// purchase, refund, dispute, dispute_won, debit, grant, expiry or adjustment.
     pub reason: String,
     #[serde(skip)]
     pub idempotency_key: String,
@@ -42,12 +68,29 @@ pub struct Entry {
     pub stripe_event_id: Option<String>,
     pub stripe_object_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub debit_id: Option<String>,
+    pub hold_id: Option<String>,
+    pub grant_id: Option<String>,
+    /// The caller's own words (a debit's or grant's `reason`).
+    pub memo: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// The entry's place in the user's sequence (as in its credit event).
+    pub sequence: Option<i64>,
 }
 
 /// Appends `entry` and moves the user's balance by its delta, unless an entry with the
 /// same idempotency key exists. Returns whether it was applied.
 pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(ledger_entries::table)
+    append_entry(conn, entry).await.map(|a| a.is_some())
+}
+
+/// [`append`], returning what was written (`None`: the key existed, nothing changed).
+pub async fn append_entry(
+    conn: &mut AsyncPgConnection,
+    entry: &NewEntry<'_>,
+) -> QueryResult<Option<Appended>> {
+    let inserted: Option<(i64, DateTime<Utc>)> = diesel::insert_into(ledger_entries::table)
         .values((
             ledger_entries::user_id.eq(entry.user_id),
             ledger_entries::delta.eq(entry.delta),
@@ -57,28 +100,53 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
             ledger_entries::stripe_event_id.eq(entry.stripe_event_id),
             ledger_entries::stripe_object_id.eq(entry.stripe_object_id),
             ledger_entries::component.eq(entry.component.map(Component::as_str)),
+            ledger_entries::debit_id.eq(entry.debit_id),
+            ledger_entries::hold_id.eq(entry.hold_id),
+            ledger_entries::grant_id.eq(entry.grant_id),
+            ledger_entries::memo.eq(entry.memo),
+            ledger_entries::metadata.eq(entry.metadata),
         ))
         .on_conflict(ledger_entries::idempotency_key)
         .do_nothing()
-        .execute(conn)
-        .await?;
-    if inserted == 0 {
-        return Ok(false);
-    }
-    diesel::insert_into(balances::table)
+        .returning((ledger_entries::id, ledger_entries::created_at))
+        .get_result(conn)
+        .await
+        .optional()?;
+    let Some((entry_id, created_at)) = inserted else {
+        return Ok(None);
+    };
+    let (credits_after, sequence): (i64, i64) = diesel::insert_into(balances::table)
         .values((
             balances::user_id.eq(entry.user_id),
             balances::credits.eq(entry.delta),
+            balances::sequence.eq(1),
         ))
         .on_conflict(balances::user_id)
         .do_update()
         .set((
             balances::credits.eq(balances::credits + excluded(balances::credits)),
+            balances::sequence.eq(balances::sequence + 1),
             balances::updated_at.eq(diesel::dsl::now),
         ))
+        .returning((balances::credits, balances::sequence))
+        .get_result(conn)
+        .await?;
+    diesel::update(ledger_entries::table.find(entry_id))
+        .set(ledger_entries::sequence.eq(sequence))
         .execute(conn)
         .await?;
-    Ok(true)
+    if entry.delta > 0 {
+        super::lots::create(conn, entry, entry_id, credits_after).await?;
+    } else if entry.delta < 0 {
+        super::lots::consume(conn, entry.user_id, entry.stripe_session_id, -entry.delta).await?;
+    }
+    let appended = Appended {
+        entry_id,
+        credits_after,
+        sequence,
+    };
+    super::outbox::announce_entry(conn, entry, &appended, created_at).await?;
+    Ok(Some(appended))
 }
 
 /// The entry with this idempotency key, if written.

@@ -9,10 +9,15 @@
 pub mod budget;
 pub mod cursors;
 pub mod events;
+pub mod holds;
+pub mod idempotency;
 pub mod ledger;
 pub mod locks;
+pub mod lots;
+pub mod outbox;
 pub mod schema;
 pub mod sessions;
+pub mod spending;
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@ diesel::table! {
         user_id -> Text,
         credits -> Int8,
         updated_at -> Timestamptz,
+        sequence -> Int8,
     }
 }
 
@@ -32,6 +33,57 @@ diesel::table! {
 }
 
 diesel::table! {
+    credit_events (id) {
+        id -> Int8,
+        event_id -> Text,
+        routing_key -> Text,
+        user_id -> Nullable<Text>,
+        sequence -> Nullable<Int8>,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    credit_lots (id) {
+        id -> Int8,
+        user_id -> Text,
+        entry_id -> Nullable<Int8>,
+        stripe_session_id -> Nullable<Text>,
+        credits -> Int8,
+        remaining -> Int8,
+        expires_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    holds (hold_id) {
+        hold_id -> Text,
+        user_id -> Text,
+        amount -> Int8,
+        status -> Text,
+        captured -> Nullable<Int8>,
+        reason -> Nullable<Text>,
+        expires_at -> Timestamptz,
+        settled -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (key) {
+        key -> Text,
+        fingerprint -> Text,
+        status -> Int2,
+        response -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     ledger_entries (id) {
         id -> Int8,
         user_id -> Text,
@@ -43,6 +95,12 @@ diesel::table! {
         stripe_object_id -> Nullable<Text>,
         created_at -> Timestamptz,
         component -> Nullable<Text>,
+        debit_id -> Nullable<Text>,
+        hold_id -> Nullable<Text>,
+        grant_id -> Nullable<Text>,
+        memo -> Nullable<Text>,
+        metadata -> Nullable<Jsonb>,
+        sequence -> Nullable<Int8>,
     }
 }
 
@@ -71,9 +129,15 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(credit_lots -> ledger_entries (entry_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     balances,
     checkout_sessions,
+    credit_events,
+    credit_lots,
+    holds,
+    idempotency_keys,
     ledger_entries,
     reconcile_cursors,
     stripe_events,

@@ -79,7 +79,8 @@ fn credit(session: &CheckoutSession) -> Result<(UserId, i64), String> {
     Ok((user, total))
 }
 
-fn user(session: &CheckoutSession) -> Result<UserId, String> {
+/// Who the session credits: `client_reference_id`, else `metadata.user_id`.
+pub fn user(session: &CheckoutSession) -> Result<UserId, String> {
     let (source, raw) = match (
         &session.client_reference_id,
         session.metadata.as_ref().and_then(|m| m.get("user_id")),
@@ -91,7 +92,7 @@ fn user(session: &CheckoutSession) -> Result<UserId, String> {
     UserId::parse(raw.as_str()).map_err(|e| format!("{source} is not a usable user id: {e}"))
 }
 
-fn credits_per_unit(item: &LineItem) -> Result<i64, String> {
+pub(crate) fn credits_per_unit(item: &LineItem) -> Result<i64, String> {
     let price = item
         .price
         .as_ref()

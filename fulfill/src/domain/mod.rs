@@ -1,6 +1,7 @@
 //! fulfill's decisions, as plain functions over plain data: no async, no IO.
 //!
 //! - [`credits`]: the credits rule (who, how many, when) of a refetched session;
+//! - [`expiry_rule`]: which purchased credits expire when (`credits_valid_days`);
 //! - [`target`]: what a session's ledger should hold given its money side now, and the
 //!   delta entries that get it there;
 //! - [`session`]: the session's states, their transitions, and the plan one view makes;
@@ -11,6 +12,7 @@
 
 pub mod credits;
 pub mod cue;
+pub mod expiry_rule;
 pub mod session;
 pub mod settlement;
 pub mod target;

@@ -33,6 +33,7 @@ use crate::{
     domain::{
         credits::{self, Decision},
         cue::{self, Cue, Seen},
+        expiry_rule,
         target::RefundPolicy,
     },
     error::FulfillError,
@@ -333,7 +334,7 @@ impl Fulfiller {
                     .to_owned(),
             });
         }
-        let decision = credits::decide(&session);
+        let decision = expiry_rule::refine(credits::decide(&session), &session);
         if let Decision::Credit { user, .. } = &decision {
             span.record("user_id", user.as_str());
         }

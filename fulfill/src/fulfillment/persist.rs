@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
-use shared::ids::CheckoutSessionId;
+use shared::ids::{CheckoutSessionId, UserId};
 
 use super::{EventRef, FulfillmentState, LedgerChange};
 use crate::{
@@ -13,8 +13,9 @@ use crate::{
         sessions::{self, SessionState, SessionUpdate},
     },
     domain::{
-        credits::Decision,
+        credits::{self, Decision},
         cue::Cue,
+        expiry_rule,
         session::{self, Recorded},
         target::{Component, MoneyView, RefundPolicy},
     },
@@ -119,6 +120,13 @@ pub(super) async fn apply(
                         Component::Refund | Component::Dispute => object_id.or(payment_intent),
                     },
                     component: Some(m.component),
+                    // What the purchase buys expires as its prices say (refined above:
+                    // an unreadable rule is a session needing attention, never credited).
+                    lots: match m.component {
+                        Component::Purchase => expiry_rule::lots(view.session).unwrap_or_default(),
+                        Component::Refund | Component::Dispute => Vec::new(),
+                    },
+                    ..NewEntry::default()
                 },
             )
             .await?;
@@ -175,6 +183,18 @@ pub(super) async fn apply(
         },
         view_started_at: Some(view.started),
     };
+    if newly_needs_attention && let Decision::NeedsAttention { reason } = view.decision {
+        db::outbox::announce_attention(
+            conn,
+            session_id.as_str(),
+            credits::user(view.session)
+                .ok()
+                .as_ref()
+                .map(UserId::as_str),
+            reason,
+        )
+        .await?;
+    }
     let row = sessions::update(conn, session_id.as_str(), &update).await?;
     sessions::release_fetch(conn, session_id.as_str()).await?;
     let change = match (plan.moves.is_empty(), balance_below_zero) {

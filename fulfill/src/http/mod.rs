@@ -1,12 +1,21 @@
 //! fulfill's HTTP API: the route table, and the bearer-token check of CONTRACT.md.
+//!
+//! Every path is a resource whose other methods answer 405; unknown paths answer 404;
+//! bad paths, query strings and bodies 400 — all with the JSON error body.
 
 mod attention;
 mod auth;
 mod balance;
+mod debits;
+mod errors;
 mod fulfill;
+mod grants;
 mod health;
+mod holds;
+mod idempotency;
 mod ledger;
 mod metrics;
+pub mod openapi;
 pub mod request_metrics;
 
 use std::sync::{
@@ -14,7 +23,10 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use actix_web::web;
+use actix_web::{Route, http::Method, web};
+
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
 pub use auth::Authorized;
 use secrecy::SecretString;
 
@@ -60,25 +72,89 @@ impl AppState {
     }
 }
 
+use crate::error::ApiError;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/users/{user_id}/balance", web::get().to(balance::balance))
-        .route("/users/{user_id}/ledger", web::get().to(ledger::ledger))
-        .route(
+    errors::configure(cfg);
+    let routes: [(&str, Method, Route); 16] = [
+        ("/users/{user_id}/balance", GET, web::to(balance::balance)),
+        ("/users/{user_id}/ledger", GET, web::to(ledger::ledger)),
+        ("/users/{user_id}/debits", POST, web::to(debits::debit)),
+        ("/users/{user_id}/holds", POST, web::to(holds::create)),
+        ("/users/{user_id}/grants", POST, web::to(grants::grant)),
+        ("/holds/{hold_id}", GET, web::to(holds::show)),
+        ("/holds/{hold_id}/capture", POST, web::to(holds::capture)),
+        ("/holds/{hold_id}/release", POST, web::to(holds::release)),
+        (
             "/checkout/sessions/{session_id}/fulfill",
-            web::post().to(fulfill::fulfill),
-        )
-        .route(
+            POST,
+            web::to(fulfill::fulfill),
+        ),
+        (
             "/checkout/sessions/{session_id}",
-            web::get().to(fulfill::state),
-        )
-        .route("/attention", web::get().to(attention::attention))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/readyz/api", web::get().to(health::readyz_api))
-        .route("/metrics", web::get().to(metrics::metrics));
+            GET,
+            web::to(fulfill::state),
+        ),
+        ("/attention", GET, web::to(attention::attention)),
+        ("/healthz", GET, web::to(health::healthz)),
+        ("/readyz", GET, web::to(health::readyz)),
+        ("/readyz/api", GET, web::to(health::readyz_api)),
+        ("/metrics", GET, web::to(metrics::metrics)),
+        ("/openapi.json", GET, web::to(openapi::openapi_json)),
+    ];
+    for (path, method, route) in routes {
+        let allow = method.to_string();
+        cfg.service(
+            web::resource(path)
+                .route(route.method(method))
+                .default_service(web::to(move || errors::method_not_allowed(allow.clone()))),
+        );
+    }
+    cfg.default_service(web::to(errors::not_found));
 }
 
 /// Parses a user id from the path, with a clear 400 for one that can never be credited.
-fn user_id(raw: String) -> Result<shared::ids::UserId, crate::error::ApiError> {
-    shared::ids::UserId::parse(raw).map_err(|e| crate::error::ApiError::BadRequest(e.to_string()))
+fn user_id(raw: String) -> Result<shared::ids::UserId, ApiError> {
+    shared::ids::UserId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// The most credits one request may move; a guard against typos.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+/// Amounts are positive whole numbers of credits.
+fn amount(n: i64) -> Result<i64, ApiError> {
+    if (1..=MAX_AMOUNT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "amount must be a whole number between 1 and {MAX_AMOUNT}"
+        )))
+    }
+}
+
+fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
+    match reason {
+        Some(r) if r.len() > 500 => Err(ApiError::BadRequest(
+            "reason must be at most 500 bytes".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_metadata(
+    metadata: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), ApiError> {
+    match metadata {
+        Some(m) if m.len() > 50 || m.iter().any(|(k, v)| k.len() > 40 || v.len() > 500) => {
+            Err(ApiError::BadRequest(
+                "metadata: at most 50 keys of 40 bytes, values of 500 bytes".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A fresh id: the prefix and 96 random bits.
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{:024x}", rand::random::<u128>() >> 32)
 }

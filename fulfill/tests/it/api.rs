@@ -13,7 +13,7 @@ async fn a_user_never_credited_has_a_zero_balance_and_an_empty_ledger() {
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        serde_json::json!({"user_id": "nobody", "credits": 0})
+        serde_json::json!({"user_id": "nobody", "credits": 0, "held": 0, "available": 0})
     );
     let r = app.get(&world.client, "/users/nobody/ledger").await;
     assert_eq!(r.json::<Value>().await.unwrap(), serde_json::json!([]));

@@ -329,6 +329,14 @@ impl Instance {
     pub fn cut_broker(&self) {
         self.proxy.as_ref().expect("started with via_proxy").cut();
     }
+
+    /// Lets this instance reach the broker again after [`cut_broker`](Self::cut_broker).
+    pub fn restore_broker(&self) {
+        self.proxy
+            .as_ref()
+            .expect("started with via_proxy")
+            .restore();
+    }
 }
 
 /// Percent-encodes a path segment.

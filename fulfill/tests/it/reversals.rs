@@ -194,7 +194,7 @@ async fn a_refund_after_the_credits_were_spent_flags_the_negative_balance() {
             stripe_session_id: None,
             stripe_event_id: None,
             stripe_object_id: None,
-            component: None,
+            ..Default::default()
         },
     )
     .await

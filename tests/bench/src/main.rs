@@ -10,11 +10,14 @@
 //!   budget of 25/s and of 100/s (enforced by the fake, as Stripe does), 2,000 sessions with
 //!   30 % duplicate deliveries: sessions credited per second, Stripe calls per credited
 //!   session, 429s, end-to-end latency below saturation, peak RSS per process.
+//! - `bench debits`: two fulfill processes spending credits (64 connections over 10,000
+//!   users, then on one user) against `pgbench -c 16` on the same machine in the same run.
 //!
 //! Run through `tests/bench/run.sh` (release build, installs wrk).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod debit_load;
 mod fulfill_load;
 mod ingest_load;
 
@@ -42,6 +45,7 @@ enum What {
     All,
     Ingest,
     Fulfill,
+    Debits,
 }
 
 /// Where the release binaries are: next to this one.
@@ -87,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.what, What::All | What::Fulfill) {
         fulfill_load::run(cli.sessions).await?;
+    }
+    if matches!(cli.what, What::All | What::Debits) {
+        debit_load::run(cli.seconds.max(10)).await?;
     }
     Ok(())
 }

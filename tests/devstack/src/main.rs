@@ -6,9 +6,11 @@
 //!   is set — a fake Stripe with a demo catalogue. Ctrl-C stops everything in order.
 //! - `devstack trigger purchase|async-purchase|replay` plays a purchase through it like
 //!   `stripe trigger`, but for credit packs, and prints the resulting balance.
+//! - `devstack events [pattern]` tails the credit events on `credits.events`.
 //!
 //! Configuration is the services' own environment variables, with local defaults.
 
+mod events;
 mod stack;
 mod trigger;
 
@@ -33,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         what: trigger::What,
     },
+    /// Print every credit event fulfill announces (a queue bound to credits.events).
+    Events {
+        /// Routing-key pattern: `credits.#`, `credits.debit`, `session.needs_attention`…
+        #[arg(default_value = "#")]
+        pattern: String,
+    },
 }
 
 #[tokio::main]
@@ -40,5 +48,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up => stack::up(stack::Settings::from_env()).await,
         Command::Trigger { what } => trigger::run(what, &stack::Settings::from_env()).await,
+        Command::Events { pattern } => events::tail(&stack::Settings::from_env(), &pattern).await,
     }
 }

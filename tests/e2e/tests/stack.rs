@@ -508,6 +508,26 @@ async fn the_readme_start_command_brings_up_a_stack_where_a_trigger_credits() {
         "the banner shows the secret"
     );
 
+    // The README's `devstack events`: tails credit events as a website's queue gets them.
+    let mut tail = readme_command(&["events"], &env);
+    tail.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut tail = tail.spawn().unwrap();
+    let _tail_group = GroupGuard(tail.id());
+    let tail_out = tail.stdout.take().unwrap();
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(tail_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = events_tx.send(line);
+        }
+    });
+    // Bound before the purchase: wait until its queue exists (the exchange accepts a bind).
+    std::thread::sleep(Duration::from_secs(3));
+
     let trigger = readme_command(
         &[
             "trigger",
@@ -549,6 +569,27 @@ async fn the_readme_start_command_brings_up_a_stack_where_a_trigger_credits() {
         out.contains("balance of bob: 0 credits") && out.contains("balance of bob: 1 credits"),
         "{out}"
     );
+
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(events
+        .iter()
+        .any(|l: &String| l.starts_with("credits.purchase") && l.contains("\"alice\""))
+        && events
+            .iter()
+            .any(|l: &String| l.starts_with("credits.purchase") && l.contains("\"bob\"")))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "devstack events showed no purchases:\n{}",
+            events.join("\n")
+        );
+        if let Ok(line) = events_rx.recv_timeout(Duration::from_secs(1)) {
+            events.push(line);
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
 
     // Ctrl-C, as a terminal sends it: to the whole process group.
     let _ = std::process::Command::new("kill")

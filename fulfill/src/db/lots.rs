@@ -1,0 +1,239 @@
+//! Credit lots: what is left of each positive ledger entry and when it expires.
+//!
+//! Written only by [`super::ledger::append_entry`], after it has moved (and so locked)
+//! the user's balance row: every change to one user's lots is serialised by that lock.
+//! The invariant kept is Σ remaining = max(credits, 0): a positive entry that only pays
+//! back a negative balance (credits taken back after they were spent) creates less.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    ExpressionMethods, QueryDsl, QueryResult, QueryableByName,
+    dsl::sql,
+    sql_types::{BigInt, Nullable, Text},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::{
+    ledger::{LotSpec, NewEntry},
+    schema::credit_lots,
+};
+
+/// The lots a positive entry creates, given the balance after it: the whole delta split
+/// as `specs` say (empty: one lot that never expires), less whatever paid back a negative
+/// balance, taken from the soonest-expiring first.
+pub fn lots_for(delta: i64, specs: &[LotSpec], credits_after: i64) -> Vec<LotSpec> {
+    let mut lots: Vec<LotSpec> = if specs.is_empty() {
+        vec![LotSpec {
+            credits: delta,
+            expires_at: None,
+        }]
+    } else {
+        let mut lots = specs.to_vec();
+        // Whatever the specs leave out of the delta never expires.
+        let covered: i64 = lots.iter().map(|l| l.credits).sum();
+        if covered < delta {
+            lots.push(LotSpec {
+                credits: delta - covered,
+                expires_at: None,
+            });
+        }
+        lots
+    };
+    lots.sort_by_key(|l| (l.expires_at.is_none(), l.expires_at));
+    let mut deficit = delta - credits_after.clamp(0, delta);
+    for lot in &mut lots {
+        let paid = lot.credits.min(deficit);
+        lot.credits -= paid;
+        deficit -= paid;
+    }
+    lots.retain(|l| l.credits > 0);
+    lots
+}
+
+pub(super) async fn create(
+    conn: &mut AsyncPgConnection,
+    entry: &NewEntry<'_>,
+    entry_id: i64,
+    credits_after: i64,
+) -> QueryResult<()> {
+    let rows: Vec<_> = lots_for(entry.delta, &entry.lots, credits_after)
+        .into_iter()
+        .map(|lot| {
+            (
+                credit_lots::user_id.eq(entry.user_id),
+                credit_lots::entry_id.eq(Some(entry_id)),
+                credit_lots::stripe_session_id.eq(entry.stripe_session_id),
+                credit_lots::credits.eq(lot.credits),
+                credit_lots::remaining.eq(lot.credits),
+                credit_lots::expires_at.eq(lot.expires_at),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    diesel::insert_into(credit_lots::table)
+        .values(rows)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes `amount` from the user's lots: the session's own lot first (a reversal takes
+/// back what that purchase gave), then the soonest-expiring, then those that never
+/// expire. Takes what there is when there is less (a reversal of spent credits).
+pub(super) async fn consume(
+    conn: &mut AsyncPgConnection,
+    user_id: &str,
+    session_id: Option<&str>,
+    amount: i64,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "WITH ordered AS ( \
+             SELECT id, remaining, \
+                    sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $2, false) DESC, \
+                                         expires_at ASC NULLS LAST, id) - remaining AS before \
+               FROM credit_lots WHERE user_id = $1 AND remaining > 0) \
+         UPDATE credit_lots l \
+            SET remaining = l.remaining - LEAST(o.remaining, $3 - o.before) \
+           FROM ordered o \
+          WHERE l.id = o.id AND o.before < $3",
+    )
+    .bind::<Text, _>(user_id)
+    .bind::<Nullable<Text>, _>(session_id)
+    .bind::<BigInt, _>(amount)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Credits in the user's lots that expired by `now` and are still there.
+pub async fn expired_remaining(
+    conn: &mut AsyncPgConnection,
+    user_id: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<i64> {
+    credit_lots::table
+        .filter(credit_lots::user_id.eq(user_id))
+        .filter(credit_lots::remaining.gt(0))
+        .filter(credit_lots::expires_at.le(now))
+        .select(sql::<BigInt>("COALESCE(SUM(remaining), 0)::int8"))
+        .first(conn)
+        .await
+}
+
+#[derive(QueryableByName)]
+struct UserRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+}
+
+/// Users with expired credits left beyond what their active holds reserve (held credits
+/// are the soonest-expiring ones, and do not expire under a hold), at most `limit`.
+pub async fn users_with_expired(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> QueryResult<Vec<String>> {
+    let rows: Vec<UserRow> = diesel::sql_query(
+        "SELECT l.user_id FROM credit_lots l \
+          WHERE l.remaining > 0 AND l.expires_at <= now() \
+          GROUP BY l.user_id \
+         HAVING sum(l.remaining) > COALESCE((SELECT sum(h.amount) FROM holds h \
+                 WHERE h.user_id = l.user_id AND h.status = 'active' AND h.expires_at > now()), 0) \
+          LIMIT $1",
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.user_id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn at(day: u32) -> Option<DateTime<Utc>> {
+        Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).single()
+    }
+
+    #[test]
+    fn an_entry_without_specs_is_one_lot_that_never_expires() {
+        assert_eq!(
+            lots_for(10, &[], 10),
+            vec![LotSpec {
+                credits: 10,
+                expires_at: None
+            }]
+        );
+    }
+
+    #[test]
+    fn what_the_specs_leave_out_never_expires() {
+        let lots = lots_for(
+            10,
+            &[LotSpec {
+                credits: 4,
+                expires_at: at(2),
+            }],
+            10,
+        );
+        assert_eq!(
+            lots,
+            vec![
+                LotSpec {
+                    credits: 4,
+                    expires_at: at(2)
+                },
+                LotSpec {
+                    credits: 6,
+                    expires_at: None
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn paying_back_a_negative_balance_takes_the_soonest_expiring_credits_first() {
+        let specs = [
+            LotSpec {
+                credits: 5,
+                expires_at: None,
+            },
+            LotSpec {
+                credits: 5,
+                expires_at: at(3),
+            },
+        ];
+        // The balance was -7: 3 credits are left, all from the lot that never expires.
+        assert_eq!(
+            lots_for(10, &specs, 3),
+            vec![LotSpec {
+                credits: 3,
+                expires_at: None
+            }]
+        );
+        assert!(lots_for(10, &specs, -1).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn lots_always_sum_to_what_the_entry_added_to_a_non_negative_balance(
+            parts in proptest::collection::vec((1i64..1000, proptest::option::of(1u32..28)), 0..5),
+            before in -5000i64..5000,
+        ) {
+            let specs: Vec<LotSpec> = parts
+                .iter()
+                .map(|(c, d)| LotSpec { credits: *c, expires_at: d.and_then(at) })
+                .collect();
+            let delta: i64 = specs.iter().map(|l| l.credits).sum::<i64>().max(1);
+            let after = before + delta;
+            let lots = lots_for(delta, &specs, after);
+            let sum: i64 = lots.iter().map(|l| l.credits).sum();
+            prop_assert_eq!(sum, after.max(0).min(delta));
+            prop_assert!(lots.iter().all(|l| l.credits > 0));
+        }
+    }
+}

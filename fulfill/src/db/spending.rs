@@ -1,0 +1,78 @@
+//! A user's spendable totals, read under the balance row lock.
+//!
+//! Every spending decision (debit, hold) and every expiry locks the user's `balances` row
+//! with `SELECT … FOR UPDATE` before it looks at what is available, and every ledger
+//! entry moves that row ([`super::ledger::append_entry`]): the database serialises
+//! decisions about one balance across every fulfill process, so `available` never goes
+//! below zero through spending.
+
+use diesel::{
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, dsl::sql, sql_types::BigInt,
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::{balances, holds};
+
+/// `credits` (the ledger's sum), `held` (what active holds reserve) and the counter of
+/// the user's entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub credits: i64,
+    pub held: i64,
+    pub sequence: i64,
+}
+
+impl Totals {
+    pub fn available(&self) -> i64 {
+        self.credits - self.held
+    }
+}
+
+/// Locks the user's balance row (if any) for the caller's transaction and reads the
+/// totals. A user never credited has nothing to lock and nothing to spend.
+pub async fn lock_totals(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<Totals> {
+    let row: Option<(i64, i64)> = balances::table
+        .filter(balances::user_id.eq(user_id))
+        .select((balances::credits, balances::sequence))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((credits, sequence)) = row else {
+        return Ok(Totals::default());
+    };
+    Ok(Totals {
+        credits,
+        held: held(conn, user_id).await?,
+        sequence,
+    })
+}
+
+/// The totals without locking (for reads).
+pub async fn totals(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<Totals> {
+    let row: Option<(i64, i64)> = balances::table
+        .filter(balances::user_id.eq(user_id))
+        .select((balances::credits, balances::sequence))
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((credits, sequence)) = row else {
+        return Ok(Totals::default());
+    };
+    Ok(Totals {
+        credits,
+        held: held(conn, user_id).await?,
+        sequence,
+    })
+}
+
+/// What the user's active, unexpired holds reserve (by the database's clock).
+pub async fn held(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<i64> {
+    holds::table
+        .filter(holds::user_id.eq(user_id))
+        .filter(holds::status.eq("active"))
+        .filter(holds::expires_at.gt(diesel::dsl::now))
+        .select(sql::<BigInt>("COALESCE(SUM(amount), 0)::int8"))
+        .first(conn)
+        .await
+}

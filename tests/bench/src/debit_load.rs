@@ -1,0 +1,298 @@
+//! Debits: fulfill's spending path against PostgreSQL's own TPC-B figure on this machine.
+//!
+//! 1. `pgbench -c 16 -j 2` (TPC-B, scale 16) on a database of its own: the reference.
+//! 2. Two fulfill processes; 10,000 users with credits; wrk with 64 connections (32 per
+//!    process), each request `POST /users/u<random>/debits` with a fresh Idempotency-Key:
+//!    debits per second, p50/p99, and the ratio to pgbench.
+//! 3. The same 64 connections on ONE user: the throughput of a single serialized balance
+//!    row; then a balance of 500 credits drained by 64 connections: exactly 500 debits
+//!    succeed, the balance ends at 0 (never below), the ledger holds each once.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, bail};
+use diesel::sql_query;
+use diesel_async::RunQueryDsl;
+use test_support::{broker::TestBroker, db::TestDb};
+
+use crate::{bin_dir, peak_rss_mib};
+
+const USERS: u32 = 10_000;
+/// Credits of the user drained by 64 connections at once.
+const DRAIN: i64 = 500;
+
+struct WrkResult {
+    ok: f64,
+    failed: f64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// wrk against one fulfill: `connections` clients posting debits of 1 credit to a random
+/// user among `users` (named `{user_prefix}{n}`), a unique Idempotency-Key per request.
+fn wrk_debits(
+    base: &str,
+    user_prefix: &str,
+    users: u32,
+    connections: usize,
+    seconds: u64,
+    tag: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::process::Child> {
+    let script = format!(
+        r#"local counter = 0
+local threads = {{}}
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function request()
+  counter = counter + 1
+  local path = "/users/{user_prefix}" .. math.random(1, {users}) .. "/debits"
+  local headers = {{}}
+  headers["Content-Type"] = "application/json"
+  headers["Idempotency-Key"] = "{tag}-" .. tid .. "-" .. counter
+  return wrk.format("POST", path, headers, '{{"amount":1}}')
+end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout + summary.errors.status
+  io.write(string.format("BENCH %d %d %d %f %f\n", summary.requests, errors, summary.duration, latency:percentile(50), latency:percentile(99)))
+end
+"#
+    );
+    let path = dir.join(format!("debits-{tag}.lua"));
+    std::fs::write(&path, script)?;
+    Command::new("wrk")
+        .args([
+            "-t",
+            "1",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&path)
+        .arg(base)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("wrk (install it: apt-get install wrk, or use tests/bench/run.sh)")
+}
+
+fn wrk_result(child: std::process::Child) -> anyhow::Result<WrkResult> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("BENCH "))
+        .with_context(|| format!("wrk output: {text}"))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Ok(WrkResult {
+        ok: (f[0] - f[1]).max(0.0),
+        failed: f[1],
+        seconds: f[2] / 1e6,
+        p50_ms: f[3] / 1000.0,
+        p99_ms: f[4] / 1000.0,
+    })
+}
+
+/// Both fulfill processes loaded at once, half the connections each.
+fn load(
+    ports: &[u16],
+    user_prefix: &str,
+    users: u32,
+    seconds: u64,
+    tag: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let children: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            wrk_debits(
+                &format!("http://127.0.0.1:{port}"),
+                user_prefix,
+                users,
+                64 / ports.len(),
+                seconds,
+                &format!("{tag}{i}"),
+                dir,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let results: Vec<WrkResult> = children
+        .into_iter()
+        .map(wrk_result)
+        .collect::<Result<_, _>>()?;
+    let ok: f64 = results.iter().map(|r| r.ok / r.seconds).sum();
+    let failed: f64 = results.iter().map(|r| r.failed).sum();
+    // The larger of the two processes' percentiles (each wrk sees half the clients).
+    let p50 = results.iter().map(|r| r.p50_ms).fold(0.0, f64::max);
+    let p99 = results.iter().map(|r| r.p99_ms).fold(0.0, f64::max);
+    Ok((ok, failed, p50, p99))
+}
+
+fn pgbench_tps(db: &TestDb, seconds: u64) -> anyhow::Result<f64> {
+    let init = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "16"])
+        .arg(&db.url)
+        .output()
+        .context("pgbench (PostgreSQL's contrib client)")?;
+    if !init.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let run = Command::new("pgbench")
+        .args(["-c", "16", "-j", "2", "-n", "-T", &seconds.to_string()])
+        .arg(&db.url)
+        .output()?;
+    let text = String::from_utf8_lossy(&run.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("pgbench output: {text}"))
+}
+
+async fn scalar(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
+    use diesel::{QueryableByName, sql_types::BigInt};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = db.connect().await;
+    let rows: Vec<Row> = sql_query(sql).load(&mut conn).await?;
+    Ok(<[Row]>::first(&rows).map_or(0, |r| r.n))
+}
+
+/// Users with credits, written as the migration writes existing balances (entry, balance
+/// row, one non-expiring lot) — seeding through the API would take longer than the run.
+async fn seed(db: &TestDb, prefix: &str, users: u32, credits: i64) -> anyhow::Result<()> {
+    let mut conn = db.connect().await;
+    for sql in [
+        format!(
+            "INSERT INTO ledger_entries (user_id, delta, reason, idempotency_key, sequence) \
+             SELECT '{prefix}' || i, {credits}, 'grant', 'seed:{prefix}' || i, 1 \
+             FROM generate_series(1, {users}) i"
+        ),
+        format!(
+            "INSERT INTO balances (user_id, credits, sequence) \
+             SELECT '{prefix}' || i, {credits}, 1 FROM generate_series(1, {users}) i"
+        ),
+        format!(
+            "INSERT INTO credit_lots (user_id, credits, remaining) \
+             SELECT '{prefix}' || i, {credits}, {credits} FROM generate_series(1, {users}) i"
+        ),
+    ] {
+        sql_query(sql).execute(&mut conn).await?;
+    }
+    sql_query("ANALYZE").execute(&mut conn).await?;
+    Ok(())
+}
+
+pub async fn run(seconds: u64) -> anyhow::Result<()> {
+    let bins = bin_dir();
+    if !bins.join("fulfill").exists() {
+        bail!("build first: cargo build --release --bin fulfill (or use tests/bench/run.sh)");
+    }
+    let broker = TestBroker::new().await;
+    let db = TestDb::new().await;
+    let reference = TestDb::new().await;
+    let logs = e2e::log_dir("bench-debits");
+    let client = test_support::http_client();
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..2 {
+        let port = e2e::free_port();
+        procs.push(e2e::Proc::start(
+            &format!("fulfill-{i}"),
+            &bins.join("fulfill"),
+            &[],
+            &[
+                ("DATABASE_URL", db.url.clone()),
+                ("DATABASE_POOL_SIZE", "8".into()),
+                ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
+                ("STRIPE_API_BASE", "http://127.0.0.1:9".into()),
+                ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
+                ("AMQP_URL", broker.url.clone()),
+                ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+                ("RUST_LOG", "warn".into()),
+            ],
+            &logs,
+        ));
+        if !e2e::wait_ok(
+            &client,
+            &format!("http://127.0.0.1:{port}/readyz"),
+            Duration::from_secs(60),
+        )
+        .await
+        {
+            bail!("fulfill did not start");
+        }
+        ports.push(port);
+    }
+    seed(&db, "u", USERS, 1_000_000_000).await?;
+    seed(&db, "one", 1, 1_000_000_000).await?;
+    seed(&db, "drain", 1, DRAIN).await?;
+
+    println!("\n## debits (2 fulfill processes, 64 connections, {seconds} s per run)");
+    let pg = pgbench_tps(&reference, seconds)?;
+    println!("pgbench -c 16 -j 2 (TPC-B, scale 16): {pg:.0} tps");
+    drop(reference);
+
+    // Warm-up (connections, prepared statements), then the measured run.
+    load(&ports, "u", USERS, 2, "warm", &logs)?;
+    let (tps, failed, p50, p99) = load(&ports, "u", USERS, seconds, "many", &logs)?;
+    println!(
+        "{USERS} users: {tps:.0} debits/s, p50 {p50:.2} ms, p99 {p99:.2} ms, {failed} failed; \
+         {:.0} % of pgbench",
+        100.0 * tps / pg
+    );
+    let (one, failed_one, p50_one, p99_one) = load(&ports, "one", 1, seconds, "one", &logs)?;
+    println!(
+        "one user: {one:.0} debits/s (one serialized balance row), p50 {p50_one:.2} ms, \
+         p99 {p99_one:.2} ms, {failed_one} failed"
+    );
+    // Long enough to drain it at the one-row rate just measured, then keep pushing.
+    let drain_secs = ((DRAIN as f64 / one.max(1.0)).ceil() as u64 + 3).min(60);
+    let (_, refused, _, _) = load(&ports, "drain", 1, drain_secs, "drain", &logs)?;
+    let balance = scalar(
+        &db,
+        "SELECT credits AS n FROM balances WHERE user_id = 'drain1'",
+    )
+    .await?;
+    let debits = scalar(
+        &db,
+        "SELECT count(*) AS n FROM ledger_entries WHERE user_id = 'drain1' AND reason = 'debit'",
+    )
+    .await?;
+    let distinct = scalar(
+        &db,
+        "SELECT count(DISTINCT debit_id) AS n FROM ledger_entries \
+         WHERE user_id = 'drain1' AND reason = 'debit'",
+    )
+    .await?;
+    println!(
+        "one user with {DRAIN} credits, 64 connections for {drain_secs} s: {debits} debits \
+         succeeded ({distinct} distinct), {refused} refused (409), balance {balance}: overdraft {}",
+        if balance == 0 && debits == DRAIN && distinct == DRAIN {
+            "0"
+        } else {
+            "FOUND"
+        }
+    );
+    for (i, p) in procs.iter_mut().enumerate() {
+        println!("fulfill-{i} peak RSS {:.0} MiB", peak_rss_mib(p.pid()));
+        p.terminate(Duration::from_secs(10));
+    }
+    if balance < 0 || debits > DRAIN {
+        bail!("overdraft: balance {balance}, {debits} debits");
+    }
+    Ok(())
+}
