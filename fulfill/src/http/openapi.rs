@@ -183,7 +183,7 @@ fn readyz() {}
 fn readyz_api() {}
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "The metrics, in OpenMetrics text format", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 #[allow(dead_code)]
 fn metrics() {}
 

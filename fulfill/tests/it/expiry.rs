@@ -176,3 +176,58 @@ async fn a_reversal_takes_back_from_its_own_sessions_lot_first() {
         .await;
     assert_eq!(expiries(&ledger(&world, &app, "pia").await), [-5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_past_its_credits_valid_days_expires_within_ten_seconds() {
+    use fake_stripe::{PriceSpec, SessionSpec};
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    // 10 credits valid 1 day, bought 2 days ago (its webhook is late); 3 that never expire.
+    let expiring = world.price(PriceSpec {
+        valid_days: Some("1".into()),
+        ..PriceSpec::credits(10)
+    });
+    let lasting = world.price(PriceSpec::credits(3));
+    let two_days_ago = Utc::now().timestamp() - 2 * 86_400;
+    let s = world.session(SessionSpec {
+        line_items: vec![(expiring, 1), (lasting, 1)],
+        created: Some(two_days_ago),
+        ..SessionSpec::paid("quinn", "unused", 1)
+    });
+    world.deliver(&s, "checkout.session.completed").await;
+    let settled = test_support::wait_for(Duration::from_secs(10), || async {
+        (balance(&world, &app, "quinn").await["credits"] == 3).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{:?}",
+        ledger(&world, &app, "quinn").await
+    );
+    let entries = ledger(&world, &app, "quinn").await;
+    assert_eq!(entries[0]["reason"], "purchase");
+    assert_eq!(entries[0]["delta"], 13);
+    assert_eq!(expiries(&entries), [-10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_credits_valid_days_needs_attention_and_credits_nothing() {
+    use fake_stripe::{PriceSpec, SessionSpec};
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let bad = world.price(PriceSpec {
+        valid_days: Some("soon".into()),
+        ..PriceSpec::credits(10)
+    });
+    let s = world.session(SessionSpec::paid("rita", &bad, 1));
+    world.deliver(&s, "checkout.session.completed").await;
+    let state = app.wait_state(&world.client, &s, "needs_attention").await;
+    assert!(
+        state["reason"]
+            .as_str()
+            .unwrap()
+            .contains("credits_valid_days"),
+        "{state}"
+    );
+    assert_eq!(balance(&world, &app, "rita").await["credits"], 0);
+}

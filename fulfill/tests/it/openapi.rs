@@ -461,6 +461,8 @@ async fn real_answers_of_every_endpoint_conform_to_the_served_document() {
         .await;
     c.check("get", "/healthz", "/healthz", None, &[]).await;
     c.check("get", "/readyz", "/readyz", None, &[]).await;
+    c.check("get", "/readyz/api", "/readyz/api", None, &[])
+        .await;
     c.check("get", "/metrics", "/metrics", None, &[]).await;
     c.check("get", "/openapi.json", "/openapi.json", None, &[])
         .await;

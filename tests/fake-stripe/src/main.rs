@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 unit_amount,
                 name: Some(name.to_owned()),
                 id: Some(id.to_owned()),
+                valid_days: None,
             });
         }
     }

@@ -67,6 +67,10 @@ pub struct PriceSpec {
     /// Use this id instead of a random one.
     #[serde(default)]
     pub id: Option<String>,
+    /// `price.metadata.credits_valid_days`, verbatim: the credits expire that many days
+    /// after the session's `created`.
+    #[serde(default)]
+    pub valid_days: Option<String>,
 }
 
 fn default_amount() -> i64 {
@@ -81,6 +85,7 @@ impl PriceSpec {
             unit_amount: default_amount(),
             name: None,
             id: None,
+            valid_days: None,
         }
     }
 
@@ -121,6 +126,9 @@ pub struct SessionSpec {
     /// Stripe answers 404 for them without that `Stripe-Account` header.
     #[serde(default)]
     pub account: Option<String>,
+    /// `created` (Unix seconds) instead of now: a session bought in the past.
+    #[serde(default)]
+    pub created: Option<i64>,
 }
 
 fn complete() -> String {
@@ -142,6 +150,7 @@ impl SessionSpec {
             paid_after_ms: None,
             id: None,
             account: None,
+            created: None,
         }
     }
 
@@ -304,6 +313,9 @@ impl State {
         if let Some(c) = &spec.credits {
             metadata.insert("credits".into(), json!(c));
         }
+        if let Some(d) = &spec.valid_days {
+            metadata.insert("credits_valid_days".into(), json!(d));
+        }
         inner.prices.insert(
             price_id.clone(),
             Price {
@@ -338,7 +350,7 @@ impl State {
         let id = spec.id.clone().unwrap_or_else(|| random_id("cs_test_", 58));
         let session = Session {
             id: id.clone(),
-            created: crate::now(),
+            created: spec.created.unwrap_or_else(crate::now),
             status: spec.status,
             payment_status: spec.payment_status,
             client_reference_id: spec.client_reference_id,
