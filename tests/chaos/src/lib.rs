@@ -135,10 +135,28 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra `-c name=value` server options (TLS), kept across restarts.
+    extra_options: String,
+}
+
+/// A server certificate and its key (PEM), for [`PrivatePostgres::start_with_tls`].
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl PrivatePostgres {
     pub fn start(dir: &Path) -> Self {
+        Self::start_inner(dir, None)
+    }
+
+    /// With `ssl=on` and the given certificate: clients choose TLS or not (`hostssl` is not
+    /// forced), as a managed service that also answers in clear would.
+    pub fn start_with_tls(dir: &Path, tls: &ServerTls) -> Self {
+        Self::start_inner(dir, Some(tls))
+    }
+
+    fn start_inner(dir: &Path, tls: Option<&ServerTls>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is installed under /usr/lib/postgresql")
             .filter_map(Result::ok)
@@ -147,11 +165,27 @@ impl PrivatePostgres {
             .expect("initdb");
         let dir = dir.join("postgres");
         std::fs::create_dir_all(&dir).expect("pg dir");
+        let mut extra_options = String::new();
+        if let Some(tls) = tls {
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert, &tls.cert_pem).expect("server cert");
+            std::fs::write(&key, &tls.key_pem).expect("server key");
+            // PostgreSQL refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("key mode");
+            extra_options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         chown(&dir, "postgres:postgres");
         let pg = Self {
             port: e2e::free_port(),
             dir,
             bin,
+            extra_options,
         };
         pg.as_postgres(&[
             "initdb",
@@ -186,9 +220,10 @@ impl PrivatePostgres {
 
     fn boot(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra_options
         );
         let log = self.dir.join("log").display().to_string();
         self.as_postgres(&[
