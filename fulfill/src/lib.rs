@@ -18,3 +18,4 @@ pub mod reconcile;
 pub mod services;
 pub mod startup;
 pub mod stripe;
+pub mod topology_migrate;

@@ -12,3 +12,4 @@ mod helpers;
 mod operations;
 mod reversals;
 mod stripe_faults;
+mod topology_upgrade;
