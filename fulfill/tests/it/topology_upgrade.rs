@@ -253,3 +253,38 @@ async fn reading_dead_letters_many_times_counts_no_delivery() {
     );
     assert_eq!(left[0].body, b"poison");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_mixed_delays_all_return_to_the_checkout_queue() {
+    let broker = TestBroker::new().await;
+    let t = &broker.topology;
+    let ch = broker.channel();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for i in 0..20u64 {
+        let ms = 100 + (i * 7919) % 1500;
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                t.retry_queue().as_str().into(),
+                Default::default(),
+                b"{}",
+                with_id(&format!("evt_mixed{i}")).with_expiration(ms.to_string().into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    let mut back = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while back.len() < 20 && std::time::Instant::now() < deadline {
+        if let Some(m) = broker
+            .take(&t.checkout_queue(), Duration::from_millis(500))
+            .await
+        {
+            back.insert(m.properties.message_id().as_ref().unwrap().to_string());
+        }
+    }
+    assert_eq!(back.len(), 20, "{back:?}");
+}
