@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod budget;
 mod convergence;
 mod credits_rule;
 mod delivery;
