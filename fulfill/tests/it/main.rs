@@ -9,6 +9,7 @@ mod budget;
 mod convergence;
 mod credits_rule;
 mod delivery;
+mod failover;
 mod helpers;
 mod operations;
 mod reversals;
