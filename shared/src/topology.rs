@@ -176,7 +176,17 @@ impl Topology {
     /// process at every (re)connect, as long as all run the same code.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         self.declare_exchanges(channel).await?;
-        self.declare_queues(channel).await
+        let declared = self.declare_queues(channel).await;
+        if let Err(e) = &declared
+            && migrate::is_precondition_failed(e)
+        {
+            tracing::error!(
+                error = %e,
+                version = TOPOLOGY_VERSION,
+                "the broker holds queues of an older topology: run `fulfill topology migrate`"
+            );
+        }
+        declared
     }
 
     /// The exchanges alone (the migration needs them before the queues can be declared).
