@@ -115,6 +115,89 @@ impl PrivateRabbit {
         std::thread::sleep(down_for);
         self.boot();
     }
+
+    /// Makes this (fresh) node a member of `seed`'s cluster. The nodes share the
+    /// `rabbitmq` user's Erlang cookie, as nodes of one machine do.
+    pub fn join(&self, seed: &PrivateRabbit) {
+        for args in [
+            vec!["stop_app"],
+            vec!["join_cluster", seed.node.as_str()],
+            vec!["start_app"],
+        ] {
+            let status = Command::new("rabbitmqctl")
+                .args(["-n", &self.node])
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("rabbitmqctl");
+            assert!(
+                status.success(),
+                "rabbitmqctl {args:?} on {} failed",
+                self.node
+            );
+        }
+    }
+
+    /// SIGKILL the node's Erlang VM: a crash, no goodbye to the cluster.
+    pub fn kill(&self) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "-q", "eval", "os:getpid()."])
+            .output()
+            .expect("rabbitmqctl eval");
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_matches('"')
+            .to_owned();
+        assert!(!pid.is_empty(), "no pid for {}", self.node);
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {}", pid.trim());
+        assert!(
+            wait_port(self.port, false, Duration::from_secs(30)),
+            "killed RabbitMQ still listening"
+        );
+    }
+
+    /// Boots it again after [`Self::stop`] or [`Self::kill`]; it rejoins its cluster.
+    pub fn start_again(&self) {
+        self.boot();
+    }
+
+    /// `rabbitmqctl list_queues name leader members` on this node, one row per queue.
+    pub fn queue_members(&self) -> Vec<(String, String, Vec<String>)> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-n",
+                &self.node,
+                "-q",
+                "list_queues",
+                "name",
+                "leader",
+                "members",
+            ])
+            .output()
+            .expect("rabbitmqctl list_queues");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut cols = line.split('\t');
+                let name = cols.next()?.to_owned();
+                let leader = cols.next()?.to_owned();
+                let members = cols
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                Some((name, leader, members))
+            })
+            .collect()
+    }
 }
 
 impl Drop for PrivateRabbit {
