@@ -1,8 +1,12 @@
 //! The dead-letter queue, for operators: list, show, replay, purge.
 //!
-//! Reading is non-destructive: messages are fetched without acknowledgement and go back
-//! to the queue when the channel closes; only replayed (after the broker confirmed the
-//! copy in the checkout queue) and purged messages are acknowledged.
+//! Reading is non-destructive and does not erode: messages are fetched without
+//! acknowledgement, and those neither replayed nor purged are put back by publishing a copy
+//! to the dead-letter queue (confirmed) and acknowledging the one read. Closing the channel
+//! over unacknowledged messages would return them instead, and every return counts as a
+//! delivery: past the queue's delivery limit (20 by default on RabbitMQ 4.x) the broker
+//! drops them. A replayed message is acknowledged only after the broker confirmed its copy
+//! in the checkout queue.
 
 use lapin::{
     BasicProperties, Channel, Connection,
@@ -34,6 +38,8 @@ pub struct DeadLetters {
     channel: Channel,
     topology: Topology,
     messages: Vec<BasicGetMessage>,
+    /// Per message: acknowledged already (replayed or purged).
+    settled: Vec<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,8 @@ pub enum DlqError {
     NotFound(String),
     #[error("the broker did not confirm the replayed copy of {0}")]
     NotConfirmed(String),
+    #[error("the broker did not confirm the copy of {0} put back in the dead-letter queue")]
+    NotRestored(String),
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -88,11 +96,13 @@ impl DeadLetters {
         {
             messages.push(m);
         }
+        let settled = vec![false; messages.len()];
         Ok(Self {
             connection,
             channel,
             topology,
             messages,
+            settled,
         })
     }
 
@@ -108,9 +118,9 @@ impl DeadLetters {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let mut replayed = Vec::new();
-        for m in &self.messages {
+        for (m, settled) in self.messages.iter().zip(self.settled.iter_mut()) {
             let letter = describe(m);
-            if id.is_some_and(|wanted| wanted != letter.id) {
+            if *settled || id.is_some_and(|wanted| wanted != letter.id) {
                 continue;
             }
             let props = fresh_properties(&m.delivery.properties);
@@ -131,6 +141,7 @@ impl DeadLetters {
                 return Err(DlqError::NotConfirmed(letter.id));
             }
             m.delivery.acker.ack(BasicAckOptions::default()).await?;
+            *settled = true;
             replayed.push(letter.id);
         }
         if let (Some(wanted), true) = (id, replayed.is_empty()) {
@@ -142,19 +153,63 @@ impl DeadLetters {
     /// Drops every dead letter, logging each; returns what was dropped.
     pub async fn purge(&mut self) -> Result<Vec<DeadLetter>, DlqError> {
         let mut dropped = Vec::new();
-        for m in &self.messages {
+        for (m, settled) in self.messages.iter().zip(self.settled.iter_mut()) {
+            if *settled {
+                continue;
+            }
             let letter = describe(m);
             tracing::warn!(id = %letter.id, kind = ?letter.kind, reason = ?letter.reason, "purging dead letter");
             m.delivery.acker.ack(BasicAckOptions::default()).await?;
+            *settled = true;
             dropped.push(letter);
         }
         Ok(dropped)
     }
 
-    /// Returns what was not acknowledged to the queue.
-    pub async fn close(self) {
+    /// Puts back what was neither replayed nor purged (a confirmed copy, then the ack, so
+    /// a crash in between leaves a duplicate, never a loss) and disconnects. On a failure
+    /// the channel closes over the rest, which the broker returns (one delivery counted).
+    pub async fn close(self) -> Result<(), DlqError> {
+        let restored = self.restore().await;
         let _ = self.channel.close(200, ShortString::from("done")).await;
         let _ = self.connection.close(200, ShortString::from("done")).await;
+        restored
+    }
+
+    async fn restore(&self) -> Result<(), DlqError> {
+        if self.settled.iter().all(|s| *s) {
+            return Ok(());
+        }
+        let publish = self.connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        for (m, _) in self
+            .messages
+            .iter()
+            .zip(&self.settled)
+            .filter(|(_, s)| !**s)
+        {
+            let confirm = publish
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.topology.dead_letter_queue()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &m.delivery.data,
+                    shared::topology::migrate::moved_properties(&m.delivery.properties),
+                )
+                .await?
+                .await?;
+            if !matches!(confirm, lapin::Confirmation::Ack(None)) {
+                return Err(DlqError::NotRestored(describe(m).id));
+            }
+            m.delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        let _ = publish.close(200, ShortString::from("done")).await;
+        Ok(())
     }
 }
 

@@ -196,8 +196,15 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::Unavailable(_) => {
-                response.insert_header(("Retry-After", RETRY_AFTER_SECS.to_string()));
+            Self::Unavailable(cause) => {
+                // The budget knows when its next slot is free; anything else: a fixed wait.
+                let secs = match cause {
+                    FulfillError::Stripe(StripeError::BudgetBusy { retry_after }) => {
+                        retry_after.as_secs_f64().ceil().max(1.0) as u64
+                    }
+                    _ => RETRY_AFTER_SECS,
+                };
+                response.insert_header(("Retry-After", secs.to_string()));
             }
             Self::Unauthorized => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));

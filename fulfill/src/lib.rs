@@ -21,3 +21,4 @@ pub mod reconcile;
 pub mod services;
 pub mod startup;
 pub mod stripe;
+pub mod topology_migrate;

@@ -42,6 +42,20 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The broker's queues and their arguments (needs only AMQP_URL).
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Move an older topology's queues (and every message in them) to the current version.
+    /// Run with fulfill stopped; ingest may keep running.
+    Migrate,
+    /// Exit 0 when every queue has the current arguments, 1 with their names otherwise.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +84,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => migrate().await,
         Command::Reconcile { since } => reconcile_once(since).await,
         Command::Dlq { command } => dlq(command).await,
+        Command::Topology { command } => fulfill::topology_migrate::run(command.into()).await,
+    }
+}
+
+impl From<TopologyCommand> for fulfill::topology_migrate::Action {
+    fn from(command: TopologyCommand) -> Self {
+        match command {
+            TopologyCommand::Migrate => Self::Migrate,
+            TopologyCommand::Check => Self::Check,
+        }
     }
 }
 
@@ -149,8 +173,8 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             .map(|dropped| println!("{} purged", dropped.len()))
             .map_err(Into::into),
     };
-    letters.close().await;
-    result
+    let closed = letters.close().await;
+    result.and(closed.context("cannot put the dead letters back"))
 }
 
 async fn serve() -> anyhow::Result<()> {

@@ -143,7 +143,10 @@ async fn migrate_with_patience(url: &SecretString) -> Result<(), db::MigrationEr
                 }
                 return Ok(());
             }
-            Err(db::MigrationError::Connect(e)) if tokio::time::Instant::now() < deadline => {
+            // Only an unreachable server is waited for; a rejected certificate fails now.
+            Err(db::MigrationError::Connect(e))
+                if e.is_transient() && tokio::time::Instant::now() < deadline =>
+            {
                 tracing::warn!(error = %e, "PostgreSQL unreachable; retrying migrations");
                 tokio::time::sleep(shared::amqp::backoff(attempt, Duration::from_secs(5))).await;
                 attempt += 1;

@@ -10,6 +10,8 @@ use secrecy::ExposeSecret;
 
 use crate::config::AmqpConfig;
 
+pub mod failover;
+
 /// Headers fulfill writes when it retries or dead-letters a message.
 pub mod headers {
     /// How many times fulfill has tried this message (retry queue round-trips + 1).
@@ -24,14 +26,17 @@ pub mod headers {
     pub const DEAD_AT: &str = "x-fulfill-dead-at";
 }
 
-/// Opens a connection named after the service (visible in the management UI).
+/// Opens a connection named after the service (visible in the management UI) to the
+/// first live node `AMQP_URL` names ([`failover`]), and logs which node that is.
 pub async fn connect(
     config: &AmqpConfig,
     connection_name: &str,
 ) -> Result<Connection, lapin::Error> {
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
-    Connection::connect(config.url.expose_secret(), props).await
+    let (connection, node) = failover::connect_any(config.url.expose_secret(), props).await?;
+    tracing::info!(%node, connection = connection_name, "connected to RabbitMQ");
+    Ok(connection)
 }
 
 /// Exponential backoff with jitter, for reconnect loops: 100 ms doubling up to `cap`.

@@ -149,10 +149,16 @@ pub struct AmqpConfig {
 impl AmqpConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let url = optional(env, AMQP_URL).unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        // One node, or several comma-separated (a cluster: see amqp::failover).
+        let nodes = crate::amqp::failover::nodes(&url);
+        if nodes.is_empty()
+            || !nodes
+                .iter()
+                .all(|u| u.starts_with("amqp://") || u.starts_with("amqps://"))
+        {
             return Err(ConfigError::invalid(
                 AMQP_URL,
-                "must start with amqp:// or amqps://",
+                "must be amqp:// or amqps:// URLs, comma-separated for several nodes",
             ));
         }
         let topology_prefix = optional(env, AMQP_TOPOLOGY_PREFIX).unwrap_or_default();

@@ -2,40 +2,82 @@
 //! slot, handed out on the database's clock (`UPDATE … RETURNING`), so the budget holds for
 //! any number of processes.
 
-use diesel::{QueryResult, QueryableByName, sql_types::Double};
+use diesel::{
+    QueryResult, QueryableByName,
+    sql_types::{Bool, Double},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 #[derive(QueryableByName)]
 struct Wait {
     #[diesel(sql_type = Double)]
     wait_secs: f64,
+    #[diesel(sql_type = Bool)]
+    taken: bool,
 }
 
-/// Takes the next slot, `interval` after the previous one; returns how long to wait for it.
+/// What [`take_slot`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Taken: wait this long for it.
+    Taken(std::time::Duration),
+    /// Not taken: the next free slot is this far away, beyond the caller's bound.
+    TooFar(std::time::Duration),
+}
+
+/// Takes the next slot, `interval` after the previous one, unless it is more than `bound`
+/// away. The row is first clamped to at most `cap` ahead of the database's clock, so a
+/// clock stepped back (or any older write) stalls nobody for longer than `cap`.
 pub async fn take_slot(
     conn: &mut AsyncPgConnection,
     interval: std::time::Duration,
-) -> QueryResult<std::time::Duration> {
-    let row: Wait = diesel::sql_query(
-        "UPDATE stripe_rate_budget \
-         SET next_slot = GREATEST(next_slot, clock_timestamp()) + make_interval(secs => $1) \
-         WHERE name = 'stripe' \
-         RETURNING EXTRACT(EPOCH FROM (next_slot - make_interval(secs => $1) - clock_timestamp()))::float8 AS wait_secs",
+    cap: std::time::Duration,
+    bound: Option<std::time::Duration>,
+) -> QueryResult<Slot> {
+    let rows: Vec<Wait> = diesel::sql_query(
+        "WITH now AS (SELECT clock_timestamp() AS t), \
+         slot AS (SELECT GREATEST(LEAST(b.next_slot, now.t + make_interval(secs => $2)), now.t) AS at, now.t \
+                  FROM stripe_rate_budget b, now WHERE b.name = 'stripe' FOR UPDATE OF b), \
+         taken AS ( \
+            UPDATE stripe_rate_budget SET next_slot = slot.at + make_interval(secs => $1) \
+            FROM slot WHERE name = 'stripe' AND ($3 < 0 OR slot.at <= slot.t + make_interval(secs => $3)) \
+            RETURNING 1) \
+         SELECT EXTRACT(EPOCH FROM (slot.at - slot.t))::float8 AS wait_secs, \
+                EXISTS (SELECT 1 FROM taken) AS taken \
+         FROM slot",
     )
     .bind::<Double, _>(interval.as_secs_f64())
-    .get_result(conn)
+    .bind::<Double, _>(cap.as_secs_f64())
+    .bind::<Double, _>(bound.map_or(-1.0, |b| b.as_secs_f64()))
+    .load(conn)
     .await?;
-    Ok(std::time::Duration::from_secs_f64(row.wait_secs.max(0.0)))
+    let Some(row) = rows.into_iter().next() else {
+        // No budget row (never seeded): nothing to wait for.
+        return Ok(Slot::Taken(std::time::Duration::ZERO));
+    };
+    let wait = std::time::Duration::from_secs_f64(row.wait_secs.max(0.0));
+    Ok(if row.taken {
+        Slot::Taken(wait)
+    } else {
+        Slot::TooFar(wait)
+    })
 }
 
-/// Nobody gets a slot before `pause` has passed (Stripe answered 429).
-pub async fn pause(conn: &mut AsyncPgConnection, pause: std::time::Duration) -> QueryResult<()> {
+/// Nobody gets a slot before `pause` has passed (Stripe answered 429); never further out
+/// than `cap` from now, whatever the row held before.
+pub async fn pause(
+    conn: &mut AsyncPgConnection,
+    pause: std::time::Duration,
+    cap: std::time::Duration,
+) -> QueryResult<()> {
     diesel::sql_query(
         "UPDATE stripe_rate_budget \
-         SET next_slot = GREATEST(next_slot, clock_timestamp() + make_interval(secs => $1)) \
+         SET next_slot = GREATEST(LEAST(next_slot, clock_timestamp() + make_interval(secs => $2)), \
+                                  clock_timestamp() + make_interval(secs => LEAST($1, $2))) \
          WHERE name = 'stripe'",
     )
     .bind::<Double, _>(pause.as_secs_f64())
+    .bind::<Double, _>(cap.as_secs_f64())
     .execute(conn)
     .await
     .map(|_| ())

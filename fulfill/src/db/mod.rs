@@ -18,16 +18,20 @@ pub mod outbox;
 pub mod schema;
 pub mod sessions;
 pub mod spending;
+pub mod tls;
 
 use std::time::Duration;
 
-use diesel::{Connection, RunQueryDsl};
+use std::sync::Arc;
+
+use diesel::RunQueryDsl;
 use diesel_async::{
     AsyncPgConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, bb8},
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, bb8},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 
 pub type Pool = bb8::Pool<AsyncPgConnection>;
@@ -63,8 +67,39 @@ pub async fn ping(pool: &Pool) -> bool {
 }
 
 /// A pool that connects lazily: start-up does not fail while PostgreSQL is restarting.
+/// Every connection goes through [`tls`] (diesel-async's default setup has no TLS); the
+/// URL is read and the CA loaded once, and a fault there fails each checkout with its cause
+/// (start-up has already refused it in the migrations, which run first).
 pub fn pool(url: &SecretString, max_size: u32) -> Pool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.expose_secret());
+    let prepared = tls::PgTarget::parse(url.expose_secret())
+        .and_then(|target| Ok((target.connector()?, target)))
+        .map_err(|e| shared::telemetry::error_chain(&e));
+    let prepared = Arc::new(prepared);
+    let mut setup = ManagerConfig::default();
+    setup.custom_setup = Box::new(move |_url| {
+        let prepared = Arc::clone(&prepared);
+        async move {
+            match prepared.as_ref() {
+                Ok((connector, target)) => {
+                    target
+                        .connect(connector.clone())
+                        .await
+                        .map_err(|e| match e {
+                            tls::PgConnectError::Setup(e) => e,
+                            other => diesel::ConnectionError::BadConnection(
+                                shared::telemetry::error_chain(&other),
+                            ),
+                        })
+                }
+                Err(message) => Err(diesel::ConnectionError::BadConnection(message.clone())),
+            }
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        url.expose_secret(),
+        setup,
+    );
     Pool::builder()
         .max_size(max_size)
         .connection_timeout(Duration::from_secs(5))
@@ -74,8 +109,8 @@ pub fn pool(url: &SecretString, max_size: u32) -> Pool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    #[error("cannot connect to PostgreSQL")]
-    Connect(#[source] diesel::ConnectionError),
+    #[error("cannot connect to PostgreSQL for the migrations")]
+    Connect(#[source] tls::PgConnectError),
     #[error("cannot take the migration lock")]
     Lock(#[source] diesel::result::Error),
     #[error("a migration failed: {0}")]
@@ -85,11 +120,20 @@ pub enum MigrationError {
 }
 
 /// Applies pending migrations; returns the versions applied now.
+/// Connects the way the pool does (same TLS), then runs diesel's harness on a blocking
+/// thread over that connection.
 pub async fn run_migrations(url: &SecretString) -> Result<Vec<String>, MigrationError> {
-    let url = url.expose_secret().to_owned();
+    let target =
+        tls::PgTarget::parse(url.expose_secret()).map_err(|e| MigrationError::Connect(e.into()))?;
+    let connector = target
+        .connector()
+        .map_err(|e| MigrationError::Connect(e.into()))?;
+    let conn = target
+        .connect(connector)
+        .await
+        .map_err(MigrationError::Connect)?;
     tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .map_err(MigrationError::Connect)?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         diesel::sql_query(format!("SELECT pg_advisory_lock({})", locks::MIGRATIONS))
             .execute(&mut conn)
             .map_err(MigrationError::Lock)?;

@@ -126,12 +126,15 @@ pub async fn claim_fetch(
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
+    // One clock reading for both the lease and the returned `now`: `now` identifies the
+    // holder ([`release_fetch`]).
     let claim: Claim = diesel::sql_query(
-        "WITH claimed AS ( \
-            UPDATE checkout_sessions SET fetch_lease_until = clock_timestamp() + make_interval(secs => $2) \
-            WHERE session_id = $1 AND (fetch_lease_until IS NULL OR fetch_lease_until < clock_timestamp()) \
+        "WITH t AS (SELECT clock_timestamp() AS now), \
+         claimed AS ( \
+            UPDATE checkout_sessions SET fetch_lease_until = t.now + make_interval(secs => $2) \
+            FROM t WHERE session_id = $1 AND (fetch_lease_until IS NULL OR fetch_lease_until < t.now) \
             RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, clock_timestamp() AS now",
+         SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, t.now AS now FROM t",
     )
     .bind::<diesel::sql_types::Text, _>(session_id)
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
@@ -140,13 +143,27 @@ pub async fn claim_fetch(
     Ok((claim.claimed, claim.now))
 }
 
+/// How long a fetch lease lasts unless given back (a crashed holder's runs out).
+pub const FETCH_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Gives the fetch lease back (in the caller's transaction, or on its own after a failure).
-pub async fn release_fetch(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<()> {
-    diesel::update(checkout_sessions::table.find(session_id))
-        .set(checkout_sessions::fetch_lease_until.eq(None::<DateTime<Utc>>))
-        .execute(conn)
-        .await
-        .map(|_| ())
+pub async fn release_fetch(
+    conn: &mut AsyncPgConnection,
+    session_id: &str,
+    held_since: DateTime<Utc>,
+) -> QueryResult<()> {
+    // Only the holder's own lease: one that expired and was taken by another fulfillment
+    // since carries another `now`, and stays.
+    diesel::sql_query(
+        "UPDATE checkout_sessions SET fetch_lease_until = NULL \
+         WHERE session_id = $1 AND fetch_lease_until = $2 + make_interval(secs => $3)",
+    )
+    .bind::<diesel::sql_types::Text, _>(session_id)
+    .bind::<diesel::sql_types::Timestamptz, _>(held_since)
+    .bind::<diesel::sql_types::Double, _>(FETCH_LEASE.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// Removes the placeholder row of a session Stripe does not know (never fetched).

@@ -41,12 +41,13 @@ use crate::{
     stripe::{
         StripeClient, StripeError,
         checkout_session::{self, PaymentStatus},
+        rate_limit::prepaid,
     },
 };
 
 /// How long one fulfillment may hold a session's fetch lease; a crashed holder delays
 /// others by at most this much.
-const FETCH_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
+const FETCH_LEASE: std::time::Duration = sessions::FETCH_LEASE;
 /// How often a waiting fulfillment looks at the session again.
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -256,30 +257,58 @@ impl Fulfiller {
         Ok(EventOutcome::Converged { state, change })
     }
 
-    /// The success page, an operator, reconciliation: converge without an event.
+    /// An operator, reconciliation: converge without an event, waiting for budget.
     pub async fn fulfill_session(
         &self,
         session_id: &CheckoutSessionId,
     ) -> Result<FulfillmentState, FulfillError> {
-        self.converge(session_id, &Cue::Direct, None)
+        self.converge_within(session_id, &Cue::Direct, None, None)
+            .await
+            .map(|(state, _)| state)
+    }
+
+    /// The success page: as [`Self::fulfill_session`], but when the next free budget slot
+    /// is more than `max_wait` away it takes nothing and fails with
+    /// [`StripeError::BudgetBusy`] (503 with `Retry-After`) rather than queue a customer
+    /// behind the consumers' backlog.
+    pub async fn fulfill_session_within(
+        &self,
+        session_id: &CheckoutSessionId,
+        max_wait: std::time::Duration,
+    ) -> Result<FulfillmentState, FulfillError> {
+        self.converge_within(session_id, &Cue::Direct, None, Some(max_wait))
             .await
             .map(|(state, _)| state)
     }
 
     /// Refetches the session (and its money side) from Stripe and moves its ledger to
     /// what that view implies, exactly once.
-    #[tracing::instrument(
-        name = "fulfill.session",
-        skip_all,
-        fields(session_id = %session_id, user_id)
-    )]
     pub async fn converge(
         &self,
         session_id: &CheckoutSessionId,
         cue: &Cue,
         event: Option<EventRef<'_>>,
     ) -> Result<(FulfillmentState, LedgerChange), FulfillError> {
+        self.converge_within(session_id, cue, event, None).await
+    }
+
+    #[tracing::instrument(
+        name = "fulfill.session",
+        skip_all,
+        fields(session_id = %session_id, user_id)
+    )]
+    async fn converge_within(
+        &self,
+        session_id: &CheckoutSessionId,
+        cue: &Cue,
+        event: Option<EventRef<'_>>,
+        max_wait: Option<std::time::Duration>,
+    ) -> Result<(FulfillmentState, LedgerChange), FulfillError> {
         let span = tracing::Span::current();
+        // The budget slot first, then the lease: nobody holds a session's lease while
+        // queueing for budget (the success page would wait on it). The slot is spent by
+        // the first Stripe call of the fetch below (`prepaid`).
+        self.stripe.reserve(max_wait).await?;
         // Single flight: while another delivery (in any process) fetches this session,
         // wait for its result instead of spending budget on the same answer.
         let started = match self.take_turn(session_id, cue, event).await? {
@@ -294,23 +323,27 @@ impl Fulfiller {
             }
             Turn::Fetch { started } => started,
         };
-        let fetched = async {
+        let fetched = prepaid(async {
             let session = checkout_session::fetch(&self.stripe, session_id).await?;
             let money =
                 money::fetch(&self.stripe, &session, matches!(cue, Cue::Money { .. })).await?;
             Ok::<_, StripeError>((session, money))
-        }
+        })
         .await;
         let (session, money) = match fetched {
             Ok(view) => view,
             Err(e) => {
-                self.give_back_turn(session_id, matches!(e, StripeError::NotFound { .. }))
-                    .await;
+                self.give_back_turn(
+                    session_id,
+                    started,
+                    matches!(e, StripeError::NotFound { .. }),
+                )
+                .await;
                 return Err(e.into());
             }
         };
         if !self.stripe.mode().matches(session.livemode) {
-            self.give_back_turn(session_id, false).await;
+            self.give_back_turn(session_id, started, false).await;
             return Err(FulfillError::WrongMode {
                 object: session_id.to_string(),
                 livemode: session.livemode,
@@ -325,7 +358,7 @@ impl Fulfiller {
             money: money.as_ref(),
         };
         if !cue::answers(cue, seen) {
-            self.give_back_turn(session_id, false).await;
+            self.give_back_turn(session_id, started, false).await;
             return Err(FulfillError::NotYetVisible {
                 session_id: session_id.to_string(),
                 cue: cue
@@ -358,7 +391,7 @@ impl Fulfiller {
             Ok(persisted) => persisted,
             Err(e) => {
                 e.record_on(&transaction);
-                self.give_back_turn(session_id, false).await;
+                self.give_back_turn(session_id, started, false).await;
                 return Err(e);
             }
         };
@@ -422,14 +455,15 @@ impl Fulfiller {
                 };
                 if settled {
                     if claimed {
-                        sessions::release_fetch(&mut conn, session_id.as_str()).await?;
+                        sessions::release_fetch(&mut conn, session_id.as_str(), now).await?;
                     }
                     return Ok(Turn::Settled(Box::new(row)));
                 }
             }
             if claimed || tokio::time::Instant::now() >= deadline {
                 // Past the deadline the holder is stuck; fetching twice is safe (the later
-                // view wins), only wasteful.
+                // view wins), only wasteful. Such a fetch holds no lease: its release (by
+                // `started`) matches nothing, so it never frees the holder's.
                 return Ok(Turn::Fetch { started: now });
             }
             drop(conn);
@@ -438,9 +472,14 @@ impl Fulfiller {
     }
 
     /// Best effort: a failed fulfillment frees the lease at once instead of at expiry.
-    async fn give_back_turn(&self, session_id: &CheckoutSessionId, unknown_to_stripe: bool) {
+    async fn give_back_turn(
+        &self,
+        session_id: &CheckoutSessionId,
+        started: DateTime<Utc>,
+        unknown_to_stripe: bool,
+    ) {
         if let Ok(mut conn) = self.pool.get().await {
-            let _ = sessions::release_fetch(&mut conn, session_id.as_str()).await;
+            let _ = sessions::release_fetch(&mut conn, session_id.as_str(), started).await;
             if unknown_to_stripe {
                 let _ = sessions::forget_unknown(&mut conn, session_id.as_str()).await;
             }

@@ -61,7 +61,7 @@ pub(super) async fn apply(
         .view_started_at
         .is_some_and(|applied| applied > view.started)
     {
-        sessions::release_fetch(conn, session_id.as_str()).await?;
+        sessions::release_fetch(conn, session_id.as_str(), view.started).await?;
         let persisted = Persisted {
             state: FulfillmentState::from_row(&row, false),
             change: LedgerChange::StaleView,
@@ -196,7 +196,7 @@ pub(super) async fn apply(
         .await?;
     }
     let row = sessions::update(conn, session_id.as_str(), &update).await?;
-    sessions::release_fetch(conn, session_id.as_str()).await?;
+    sessions::release_fetch(conn, session_id.as_str(), view.started).await?;
     let change = match (plan.moves.is_empty(), balance_below_zero) {
         (true, _) => LedgerChange::None,
         (false, false) => LedgerChange::Moved,

@@ -8,6 +8,9 @@ use shared::ids::CheckoutSessionId;
 use super::Authorized;
 use crate::{error::ApiError, http::AppState};
 
+/// How long the success page may wait for a Stripe budget slot before answering 503.
+pub const SUCCESS_PAGE_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn session_id(raw: String) -> Result<CheckoutSessionId, ApiError> {
     CheckoutSessionId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
@@ -18,7 +21,11 @@ pub async fn fulfill(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
-    let result = state.fulfiller.fulfill_session(&id).await?;
+    // A customer waits at most this for budget; beyond it, 503 with Retry-After.
+    let result = state
+        .fulfiller
+        .fulfill_session_within(&id, SUCCESS_PAGE_MAX_WAIT)
+        .await?;
     Ok(HttpResponse::Ok().json(result))
 }
 

@@ -26,6 +26,10 @@ pub enum StripeError {
     /// The shared rate budget (in PostgreSQL) could not be read.
     #[error("the Stripe rate budget is unavailable: {0}")]
     Budget(String),
+    /// The next free slot of the budget is further away than the caller may wait (the
+    /// success page): nothing was taken; try again after `retry_after`.
+    #[error("the Stripe rate budget is taken for the next {retry_after:?}")]
+    BudgetBusy { retry_after: Duration },
     /// A list that claims more pages but returns none, or never ends.
     #[error("Stripe list paging is inconsistent: {0}")]
     Paging(String),
@@ -36,7 +40,7 @@ impl StripeError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Api { retryable, .. } => *retryable,
-            Self::Transport(_) | Self::Budget(_) => true,
+            Self::Transport(_) | Self::Budget(_) | Self::BudgetBusy { .. } => true,
             Self::NotFound { .. } | Self::Decode(_) | Self::Paging(_) => false,
         }
     }
@@ -56,6 +60,7 @@ impl StripeError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api { retry_after, .. } => *retry_after,
+            Self::BudgetBusy { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -70,6 +75,7 @@ impl StripeError {
             Self::Decode(_) => "decode".to_owned(),
             Self::Paging(_) => "paging".to_owned(),
             Self::Budget(_) => "budget".to_owned(),
+            Self::BudgetBusy { .. } => "budget_busy".to_owned(),
         }
     }
 }

@@ -128,6 +128,16 @@ impl StripeClient {
         }
     }
 
+    /// Takes one budget slot ahead for the caller's next call (which must run inside
+    /// [`rate_limit::prepaid`]); with `max_wait`, fails with [`StripeError::BudgetBusy`]
+    /// instead of waiting longer.
+    pub async fn reserve(&self, max_wait: Option<Duration>) -> Result<(), StripeError> {
+        match max_wait {
+            None => self.limiter.acquire().await,
+            Some(bound) => self.limiter.acquire_within(bound).await,
+        }
+    }
+
     /// GETs `path` with `query`, retrying transient failures. `endpoint` labels metrics.
     pub async fn get<T: DeserializeOwned>(
         &self,
@@ -309,7 +319,9 @@ fn api_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> StripeErro
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        // Capped here, before it can reach the shared budget row: whoever says an hour
+        // (Stripe, a proxy in between) stalls the fleet for a minute at most.
+        .map(|secs| rate_limit::capped(Duration::from_secs(secs)));
     StripeError::Api {
         status: status.as_u16(),
         code,

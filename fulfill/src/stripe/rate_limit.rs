@@ -12,13 +12,45 @@
 //! waste budget whenever fewer replicas run than planned and overspend when more do.
 //!
 //! `Local` is the same algorithm in memory, for a process that has the budget to itself.
+//!
+//! Nothing can push the next slot further out than [`MAX_PAUSE`] from now: not a
+//! `Retry-After` (Stripe's, or a proxy's in between, which could say an hour), and not a
+//! step of the database's clock (a slot written an hour ahead by a clock that was then
+//! stepped back): the row is clamped on every write, and every wait too.
+//!
+//! A caller may take its slot first and fetch later ([`prepaid`]): fulfillment takes the
+//! slot before the session's fetch lease, so nobody holds a lease while queueing for
+//! budget, and the success page refuses to queue beyond a bound ([`RateLimiter::acquire_within`]).
 
-use std::time::Duration;
+use std::{cell::Cell, future::Future, time::Duration};
 
 use tokio::{sync::Mutex, time::Instant};
 
 use super::StripeError;
 use crate::db::{Pool, budget};
+
+/// The longest any caller waits for budget, and the furthest a pause reaches.
+pub const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+tokio::task_local! {
+    /// Set while the task holds a slot taken ahead: its next call spends it.
+    static PREPAID: Cell<bool>;
+}
+
+/// Runs `work` with one slot already taken (by [`RateLimiter::acquire`] or
+/// [`RateLimiter::acquire_within`] just before): its first Stripe call does not take another.
+pub async fn prepaid<F: Future>(work: F) -> F::Output {
+    PREPAID.scope(Cell::new(true), work).await
+}
+
+fn spend_prepaid() -> bool {
+    PREPAID.try_with(|p| p.replace(false)).unwrap_or(false)
+}
+
+/// A pause as it may reach the budget: at most [`MAX_PAUSE`].
+pub fn capped(pause: Duration) -> Duration {
+    pause.min(MAX_PAUSE)
+}
 
 #[derive(Debug)]
 pub enum RateLimiter {
@@ -58,34 +90,61 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for this caller's slot.
+    /// Waits for this caller's slot (or spends the one taken ahead, see [`prepaid`]).
     pub async fn acquire(&self) -> Result<(), StripeError> {
+        if spend_prepaid() {
+            return Ok(());
+        }
+        self.take(None).await.map(drop)
+    }
+
+    /// Takes a slot only if it is at most `bound` away; otherwise takes nothing and says
+    /// how long until the next free slot (the success page answers 503 with it).
+    pub async fn acquire_within(&self, bound: Duration) -> Result<(), StripeError> {
+        match self.take(Some(bound)).await? {
+            None => Ok(()),
+            Some(retry_after) => Err(StripeError::BudgetBusy { retry_after }),
+        }
+    }
+
+    /// `Some(wait)` when `bound` was given and the slot is further away (nothing taken).
+    async fn take(&self, bound: Option<Duration>) -> Result<Option<Duration>, StripeError> {
         let wait = match self {
             Self::Local { interval, next } => {
                 let mut next = next.lock().await;
                 let now = Instant::now();
-                let slot = (*next).max(now);
+                let slot = (*next).max(now).min(now + MAX_PAUSE);
+                let wait = slot - now;
+                if bound.is_some_and(|b| wait > b) {
+                    return Ok(Some(wait));
+                }
                 *next = slot + *interval;
-                slot - now
+                wait
             }
             Self::Shared { pool, interval } => {
                 let mut conn = pool
                     .get()
                     .await
                     .map_err(|e| StripeError::Budget(e.to_string()))?;
-                budget::take_slot(&mut conn, *interval)
+                match budget::take_slot(&mut conn, *interval, MAX_PAUSE, bound)
                     .await
                     .map_err(|e| StripeError::Budget(e.to_string()))?
+                {
+                    budget::Slot::Taken(wait) => wait,
+                    budget::Slot::TooFar(wait) => return Ok(Some(wait)),
+                }
             }
         };
+        let wait = wait.min(MAX_PAUSE);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Stripe said 429: nobody calls again before `pause` has passed.
+    /// Stripe said 429: nobody calls again before `pause` (at most [`MAX_PAUSE`]) has passed.
     pub async fn pause_all(&self, pause: Duration) {
+        let pause = capped(pause);
         match self {
             Self::Local { next, .. } => {
                 let mut next = next.lock().await;
@@ -93,7 +152,7 @@ impl RateLimiter {
             }
             Self::Shared { pool, .. } => {
                 if let Ok(mut conn) = pool.get().await {
-                    let _ = budget::pause(&mut conn, pause).await;
+                    let _ = budget::pause(&mut conn, pause, MAX_PAUSE).await;
                 }
             }
         }
@@ -122,5 +181,48 @@ mod tests {
         limiter.pause_all(Duration::from_secs(1)).await;
         limiter.acquire().await.unwrap();
         assert!(start.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_retry_after_pauses_for_the_cap_only() {
+        let limiter = RateLimiter::local(100.0);
+        let start = Instant::now();
+        limiter.pause_all(Duration::from_secs(3600)).await;
+        limiter.acquire().await.unwrap();
+        assert_eq!(start.elapsed(), MAX_PAUSE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refuses_to_queue_beyond_the_bound_and_takes_nothing() {
+        let limiter = RateLimiter::local(1.0);
+        limiter.acquire().await.unwrap();
+        // The next slot is 1 s away: too far for 100 ms, fine for 2 s.
+        let start = Instant::now();
+        match limiter.acquire_within(Duration::from_millis(100)).await {
+            Err(StripeError::BudgetBusy { retry_after }) => {
+                assert!(retry_after > Duration::from_millis(100), "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        limiter
+            .acquire_within(Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prepaid_slot_is_spent_by_the_first_call_only() {
+        let limiter = RateLimiter::local(1.0);
+        let start = Instant::now();
+        limiter.acquire().await.unwrap();
+        prepaid(async {
+            limiter.acquire().await.unwrap();
+            assert_eq!(start.elapsed(), Duration::ZERO);
+            limiter.acquire().await.unwrap();
+            assert_eq!(start.elapsed(), Duration::from_secs(1));
+        })
+        .await;
     }
 }

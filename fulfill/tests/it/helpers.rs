@@ -45,6 +45,8 @@ pub struct Options {
     pub refund_policy: fulfill::domain::target::RefundPolicy,
     /// `STRIPE_RATE_LIMIT`: for every instance of this world together.
     pub rate_limit: f64,
+    /// `AMQP_URL` instead of the test broker's (a node list, for failover).
+    pub amqp_url: Option<String>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             via_proxy: false,
             refund_policy: fulfill::domain::target::RefundPolicy::Proportional,
             rate_limit: 2000.0,
+            amqp_url: None,
         }
     }
 }
@@ -117,6 +120,9 @@ impl World {
 
     pub async fn start(&self, options: &Options) -> Instance {
         let mut config = self.config(options);
+        if let Some(url) = &options.amqp_url {
+            config.amqp.url = SecretString::from(url.clone());
+        }
         let proxy = if options.via_proxy {
             let proxy =
                 test_support::proxy::TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;

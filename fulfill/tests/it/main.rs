@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod budget;
 mod convergence;
 mod credits_rule;
 mod delivery;
 mod errors;
 mod expiry;
+mod failover;
 mod helpers;
 mod migrations;
 mod modes_and_keys;
@@ -19,3 +21,4 @@ mod outbox;
 mod reversals;
 mod spending;
 mod stripe_faults;
+mod topology_upgrade;

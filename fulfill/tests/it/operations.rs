@@ -112,7 +112,7 @@ async fn a_dead_letter_replayed_after_the_cause_is_fixed_credits_once() {
     let listed = crate::helpers::eventually(|| async {
         let letters = DeadLetters::open(&amqp).await.unwrap();
         let list = letters.list();
-        letters.close().await;
+        letters.close().await.expect("dead letters put back");
         (!list.is_empty()).then_some(list)
     })
     .await;
@@ -130,7 +130,7 @@ async fn a_dead_letter_replayed_after_the_cause_is_fixed_credits_once() {
     // Listing is not consuming.
     let letters = DeadLetters::open(&amqp).await.unwrap();
     assert_eq!(letters.list().len(), 1);
-    letters.close().await;
+    letters.close().await.expect("dead letters put back");
 
     // The operator fixes the cause (the session exists now) and replays.
     world.session(SessionSpec {
@@ -143,12 +143,12 @@ async fn a_dead_letter_replayed_after_the_cause_is_fixed_credits_once() {
         letters.replay(Some("evt_replayme0001")).await.unwrap(),
         vec!["evt_replayme0001"]
     );
-    letters.close().await;
+    letters.close().await.expect("dead letters put back");
     app.assert_balance_settles(&world.client, "patient", 10)
         .await;
     let letters = DeadLetters::open(&amqp).await.unwrap();
     assert!(letters.list().is_empty());
-    letters.close().await;
+    letters.close().await.expect("dead letters put back");
 
     // Replaying the same event again changes nothing.
     world
@@ -169,16 +169,16 @@ async fn purge_drops_dead_letters() {
     crate::helpers::eventually(|| async {
         let letters = DeadLetters::open(&amqp).await.unwrap();
         let n = letters.list().len();
-        letters.close().await;
+        letters.close().await.expect("dead letters put back");
         (n == 2).then_some(())
     })
     .await;
     let mut letters = DeadLetters::open(&amqp).await.unwrap();
     assert_eq!(letters.purge().await.unwrap().len(), 2);
-    letters.close().await;
+    letters.close().await.expect("dead letters put back");
     let letters = DeadLetters::open(&amqp).await.unwrap();
     assert!(letters.list().is_empty());
-    letters.close().await;
+    letters.close().await.expect("dead letters put back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,89 @@ impl PrivateRabbit {
         std::thread::sleep(down_for);
         self.boot();
     }
+
+    /// Makes this (fresh) node a member of `seed`'s cluster. The nodes share the
+    /// `rabbitmq` user's Erlang cookie, as nodes of one machine do.
+    pub fn join(&self, seed: &PrivateRabbit) {
+        for args in [
+            vec!["stop_app"],
+            vec!["join_cluster", seed.node.as_str()],
+            vec!["start_app"],
+        ] {
+            let status = Command::new("rabbitmqctl")
+                .args(["-n", &self.node])
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("rabbitmqctl");
+            assert!(
+                status.success(),
+                "rabbitmqctl {args:?} on {} failed",
+                self.node
+            );
+        }
+    }
+
+    /// SIGKILL the node's Erlang VM: a crash, no goodbye to the cluster.
+    pub fn kill(&self) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "-q", "eval", "os:getpid()."])
+            .output()
+            .expect("rabbitmqctl eval");
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_matches('"')
+            .to_owned();
+        assert!(!pid.is_empty(), "no pid for {}", self.node);
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {}", pid.trim());
+        assert!(
+            wait_port(self.port, false, Duration::from_secs(30)),
+            "killed RabbitMQ still listening"
+        );
+    }
+
+    /// Boots it again after [`Self::stop`] or [`Self::kill`]; it rejoins its cluster.
+    pub fn start_again(&self) {
+        self.boot();
+    }
+
+    /// `rabbitmqctl list_queues name leader members` on this node, one row per queue.
+    pub fn queue_members(&self) -> Vec<(String, String, Vec<String>)> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-n",
+                &self.node,
+                "-q",
+                "list_queues",
+                "name",
+                "leader",
+                "members",
+            ])
+            .output()
+            .expect("rabbitmqctl list_queues");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut cols = line.split('\t');
+                let name = cols.next()?.to_owned();
+                let leader = cols.next()?.to_owned();
+                let members = cols
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                Some((name, leader, members))
+            })
+            .collect()
+    }
 }
 
 impl Drop for PrivateRabbit {
@@ -135,10 +218,28 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra `-c name=value` server options (TLS), kept across restarts.
+    extra_options: String,
+}
+
+/// A server certificate and its key (PEM), for [`PrivatePostgres::start_with_tls`].
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl PrivatePostgres {
     pub fn start(dir: &Path) -> Self {
+        Self::start_inner(dir, None)
+    }
+
+    /// With `ssl=on` and the given certificate: clients choose TLS or not (`hostssl` is not
+    /// forced), as a managed service that also answers in clear would.
+    pub fn start_with_tls(dir: &Path, tls: &ServerTls) -> Self {
+        Self::start_inner(dir, Some(tls))
+    }
+
+    fn start_inner(dir: &Path, tls: Option<&ServerTls>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is installed under /usr/lib/postgresql")
             .filter_map(Result::ok)
@@ -147,11 +248,27 @@ impl PrivatePostgres {
             .expect("initdb");
         let dir = dir.join("postgres");
         std::fs::create_dir_all(&dir).expect("pg dir");
+        let mut extra_options = String::new();
+        if let Some(tls) = tls {
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert, &tls.cert_pem).expect("server cert");
+            std::fs::write(&key, &tls.key_pem).expect("server key");
+            // PostgreSQL refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("key mode");
+            extra_options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         chown(&dir, "postgres:postgres");
         let pg = Self {
             port: e2e::free_port(),
             dir,
             bin,
+            extra_options,
         };
         pg.as_postgres(&[
             "initdb",
@@ -186,9 +303,10 @@ impl PrivatePostgres {
 
     fn boot(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra_options
         );
         let log = self.dir.join("log").display().to_string();
         self.as_postgres(&[

@@ -4,9 +4,15 @@ use diesel::sql_query;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 /// The maintenance database tests create their own databases from.
+///
+/// In clear by default: fulfill honours `sslmode` as libpq does, so against the machine's
+/// PostgreSQL (Debian turns `ssl=on`) the default `prefer` would encrypt every test's
+/// traffic, and unoptimised (debug-build) rustls makes the timing-bound suites miss their
+/// deadlines. TLS has its own test (tests/chaos/tests/pg_tls.rs).
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_owned()
+    })
 }
 
 pub struct TestDb {

@@ -1,0 +1,100 @@
+//! The shared Stripe budget cannot be starved or stalled: the success page answers 503
+//! with `Retry-After` instead of queueing behind a far slot, and no pause or clock step
+//! pushes the next slot more than a minute out.
+
+use std::time::Duration;
+
+use diesel_async::RunQueryDsl;
+use fake_stripe::{PriceSpec, SessionSpec};
+use fulfill::{
+    db::budget::{self, Slot},
+    stripe::rate_limit::MAX_PAUSE,
+};
+
+use crate::helpers::{Options, World};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_success_page_answers_503_with_retry_after_rather_than_queue() {
+    let world = World::new().await;
+    // One Stripe call per 5 s for the whole fleet.
+    let app = world
+        .start(&Options {
+            rate_limit: 0.2,
+            ..Options::default()
+        })
+        .await;
+    let pack = world.price(PriceSpec::credits(3));
+    let first = world.session(SessionSpec::paid("early", &pack, 1));
+    let second = world.session(SessionSpec::paid("late", &pack, 1));
+    let (status, _) = app.fulfill(&world.client, &first).await;
+    assert_eq!(status, 200);
+    // The first fulfillment spent the budget for the next seconds: the second is told when
+    // to come back instead of waiting behind it.
+    let r = world
+        .client
+        .post(format!(
+            "{}/checkout/sessions/{second}/fulfill",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let retry_after: u64 = r
+        .headers()
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Nothing was taken or half done: after the wait it is credited.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let (status, body) = app.fulfill(&world.client, &second).await;
+    assert_eq!(status, 200, "{body}");
+    app.assert_balance_settles(&world.client, "late", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pause_or_clock_step_holds_the_budget_past_the_cap() {
+    let world = World::new().await;
+    let _app = world.start(&Options::default()).await; // migrates the database
+    let mut conn = world.db.connect().await;
+    let interval = Duration::from_millis(10);
+
+    // A Retry-After of an hour (from Stripe or anything between).
+    budget::pause(&mut conn, Duration::from_secs(3600), MAX_PAUSE)
+        .await
+        .unwrap();
+    match budget::take_slot(&mut conn, interval, MAX_PAUSE, None)
+        .await
+        .unwrap()
+    {
+        Slot::Taken(wait) => assert!(wait <= MAX_PAUSE, "{wait:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A slot written by a clock an hour ahead (the database's clock then stepped back).
+    diesel::sql_query(
+        "UPDATE stripe_rate_budget SET next_slot = clock_timestamp() + interval '1 hour'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    match budget::take_slot(&mut conn, interval, MAX_PAUSE, None)
+        .await
+        .unwrap()
+    {
+        Slot::Taken(wait) => assert!(wait <= MAX_PAUSE + interval, "{wait:?}"),
+        other => panic!("{other:?}"),
+    }
+    // And with a bound, a far slot is refused without being taken.
+    match budget::take_slot(&mut conn, interval, MAX_PAUSE, Some(Duration::from_secs(1)))
+        .await
+        .unwrap()
+    {
+        Slot::TooFar(wait) => {
+            assert!(wait > Duration::from_secs(1) && wait <= MAX_PAUSE + interval * 2)
+        }
+        other => panic!("{other:?}"),
+    }
+}
