@@ -6,7 +6,6 @@ use std::{collections::BTreeMap, time::Duration};
 
 use fake_stripe::{PriceSpec, SessionSpec};
 use rand::{Rng, seq::SliceRandom};
-use serde_json::Value;
 
 use crate::helpers::{Instance, Options, World, eventually};
 
@@ -34,22 +33,7 @@ async fn credited(world: &World, app: &Instance, user: &str) -> String {
 }
 
 async fn ledger(world: &World, app: &Instance, user: &str) -> Vec<(i64, String)> {
-    let v: Value = app
-        .get(&world.client, &format!("/users/{user}/ledger"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["delta"].as_i64().unwrap(),
-                e["reason"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    crate::reversals::ledger(world, app, user).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

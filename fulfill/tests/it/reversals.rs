@@ -27,7 +27,8 @@ async fn refund(world: &World, session: &str, amount: Option<i64>) -> (String, V
     (event_id, body)
 }
 
-async fn ledger(world: &World, app: &Instance, user: &str) -> Vec<(i64, String)> {
+/// A user's ledger as `(delta, reason)` pairs, oldest first.
+pub async fn ledger(world: &World, app: &Instance, user: &str) -> Vec<(i64, String)> {
     let v: Value = app
         .get(&world.client, &format!("/users/{user}/ledger"))
         .await

@@ -367,9 +367,15 @@ async fn retrieve_refund(
     retrieve(&req, &state, &path, "refund", State::refund_json).await
 }
 
-/// `GET /v1/disputes?charge=…`, newest first.
-async fn list_disputes(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    if let Err(r) = gate(&state, &req).await {
+/// A list of a charge's objects (`GET {url}?charge=…`), newest first; empty for a charge
+/// the request may not see.
+async fn list_by_charge(
+    req: &HttpRequest,
+    state: &State,
+    url: &str,
+    list: impl Fn(&State, &str) -> Vec<Value>,
+) -> HttpResponse {
+    if let Err(r) = gate(state, req).await {
         return r;
     }
     let pairs = query_pairs(req.query_string());
@@ -377,32 +383,21 @@ async fn list_disputes(req: HttpRequest, state: web::Data<State>) -> HttpRespons
         Ok(l) => l,
         Err(r) => return *r,
     };
-    let disputes = match value(&pairs, "charge") {
-        Some(charge) if visible(&state, &req, charge) => state.disputes_json(charge),
+    let objects = match value(&pairs, "charge") {
+        Some(charge) if visible(state, req, charge) => list(state, charge),
         _ => Vec::new(),
     };
-    let (data, has_more) = page(disputes, &pairs, limit);
+    let (data, has_more) = page(objects, &pairs, limit);
     state.count(|s| s.other_fetches += 1);
-    HttpResponse::Ok().json(list_json(data, has_more, "/v1/disputes"))
+    HttpResponse::Ok().json(list_json(data, has_more, url))
 }
 
-/// `GET /v1/refunds?charge=…`, newest first.
+async fn list_disputes(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    list_by_charge(&req, &state, "/v1/disputes", State::disputes_json).await
+}
+
 async fn list_refunds(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    if let Err(r) = gate(&state, &req).await {
-        return r;
-    }
-    let pairs = query_pairs(req.query_string());
-    let limit = match limit(&pairs) {
-        Ok(l) => l,
-        Err(r) => return *r,
-    };
-    let refunds = match value(&pairs, "charge") {
-        Some(charge) if visible(&state, &req, charge) => state.refunds_json(charge),
-        _ => Vec::new(),
-    };
-    let (data, has_more) = page(refunds, &pairs, limit);
-    state.count(|s| s.other_fetches += 1);
-    HttpResponse::Ok().json(list_json(data, has_more, "/v1/refunds"))
+    list_by_charge(&req, &state, "/v1/refunds", State::refunds_json).await
 }
 
 /// Newest first; `types[]` and `type` filter, `created[gte]` bounds.

@@ -774,17 +774,7 @@ impl State {
         dispute_id: &str,
         status: &str,
     ) -> Result<(String, Vec<u8>), String> {
-        {
-            let mut inner = self.lock();
-            let d = inner
-                .disputes
-                .iter_mut()
-                .find(|d| d.id == dispute_id)
-                .ok_or("no such dispute")?;
-            d.status = status.to_owned();
-        }
-        let object = self.dispute_json(dispute_id).ok_or("dispute vanished")?;
-        Ok(self.record_event("charge.dispute.closed", object))
+        self.set_dispute_status(dispute_id, status, "charge.dispute.closed")
     }
 
     pub(crate) fn events(&self) -> Vec<Value> {
