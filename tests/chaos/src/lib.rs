@@ -33,6 +33,32 @@ fn chown(path: &Path, owner: &str) {
     assert!(status.success(), "chown {owner} {}", path.display());
 }
 
+/// A directory for a service that runs as another user (`rabbitmq`, `postgres`): `dir`
+/// itself when every folder above it lets others through, else one under the system's
+/// temporary folder (a clone in `/root` or a `mktemp -d` folder is closed to others, and
+/// the node would never start).
+fn service_dir(dir: &Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let reachable = dir
+        .ancestors()
+        .skip(1)
+        .all(|a| std::fs::metadata(a).map_or(true, |m| m.permissions().mode() & 0o001 != 0));
+    let dir = if reachable {
+        dir.join(name)
+    } else {
+        let base = std::env::temp_dir().join("stripe-credits-private");
+        std::fs::create_dir_all(&base).expect("private services dir");
+        let _ = std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755));
+        base.join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            e2e::free_port()
+        ))
+    };
+    std::fs::create_dir_all(&dir).expect("service dir");
+    dir
+}
+
 /// A RabbitMQ node of its own (`chaos-<n>@localhost`), run as the `rabbitmq` user.
 pub struct PrivateRabbit {
     pub node: String,
@@ -44,8 +70,7 @@ impl PrivateRabbit {
     pub fn start(dir: &Path) -> Self {
         let port = e2e::free_port();
         let dist_port = e2e::free_port();
-        let dir = dir.join("rabbitmq");
-        std::fs::create_dir_all(&dir).expect("rabbit dir");
+        let dir = service_dir(dir, "rabbitmq");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
         std::fs::write(
             dir.join("rabbitmq.conf"),
@@ -246,8 +271,7 @@ impl PrivatePostgres {
             .map(|e| e.path().join("bin"))
             .find(|p| p.join("initdb").exists())
             .expect("initdb");
-        let dir = dir.join("postgres");
-        std::fs::create_dir_all(&dir).expect("pg dir");
+        let dir = service_dir(dir, "postgres");
         let mut extra_options = String::new();
         if let Some(tls) = tls {
             let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
