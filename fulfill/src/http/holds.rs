@@ -51,7 +51,7 @@ pub struct CaptureRequest {
 }
 
 /// `active` until captured or released; `expired` once past `expires_at` unsettled.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HoldStatus {
     Active,
@@ -67,6 +67,15 @@ impl HoldStatus {
             "released" => Self::Released,
             "expired" => Self::Expired,
             _ => Self::Active,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Captured => "captured",
+            Self::Released => "released",
+            Self::Expired => "expired",
         }
     }
 }
@@ -229,12 +238,12 @@ pub async fn capture(
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
             let (hold, unexpired) = locked(conn, &hold_id).await?;
-            match holds::effective_status(&hold.status, unexpired) {
-                "captured" => return Ok(settled(&hold)),
-                "active" => {}
+            match HoldStatus::of(&hold.status, unexpired) {
+                HoldStatus::Captured => return Ok(settled(&hold)),
+                HoldStatus::Active => {}
                 other => {
                     return Err(ApiError::HoldNotActive {
-                        status: other.to_owned(),
+                        status: other.as_str().to_owned(),
                     });
                 }
             }
@@ -305,20 +314,24 @@ pub async fn release(
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
             let (hold, unexpired) = locked(conn, &hold_id).await?;
-            let status = holds::effective_status(&hold.status, unexpired).to_owned();
-            match status.as_str() {
-                "released" => return Ok(settled(&hold)),
-                "captured" => return Err(ApiError::HoldNotActive { status }),
-                _ => {}
+            let status = HoldStatus::of(&hold.status, unexpired);
+            match status {
+                HoldStatus::Released => return Ok(settled(&hold)),
+                HoldStatus::Captured => {
+                    return Err(ApiError::HoldNotActive {
+                        status: status.as_str().to_owned(),
+                    });
+                }
+                HoldStatus::Active | HoldStatus::Expired => {}
             }
             let mut totals = spending::totals(conn, &hold.user_id).await?;
-            if status == "active" {
+            if status == HoldStatus::Active {
                 // Still counted until it is settled below.
                 totals.held -= hold.amount;
             }
             let body = json!(Released {
                 hold_id: hold.hold_id.clone(),
-                status: if status == "active" {
+                status: if status == HoldStatus::Active {
                     HoldStatus::Released
                 } else {
                     HoldStatus::Expired
@@ -327,7 +340,7 @@ pub async fn release(
                 held: totals.held,
                 available: totals.available(),
             });
-            if status == "active" {
+            if status == HoldStatus::Active {
                 holds::settle(conn, &hold.hold_id, "released", None, &body).await?;
             }
             Ok(Answer::new(StatusCode::OK, body))
