@@ -26,6 +26,14 @@ pub enum FulfillError {
     /// An object of the other Stripe mode (a live session for a test key, or the reverse).
     #[error("{object} belongs to Stripe's {livemode} mode, this deployment to the other", livemode = if *livemode { "live" } else { "test" })]
     WrongMode { object: String, livemode: bool },
+    /// A session recorded for one account (or the platform) named by another: money is
+    /// never moved for a guessed owner.
+    #[error("session {session_id} belongs to {recorded}, not to {asked}")]
+    OtherAccount {
+        session_id: String,
+        recorded: String,
+        asked: String,
+    },
     /// A ledger key already taken under the session lock: a bug, never retried.
     #[error("ledger entry {0} already exists")]
     Conflict(String),
@@ -39,6 +47,7 @@ impl FulfillError {
             Self::Malformed(_)
             | Self::UnsupportedEvent(_)
             | Self::Conflict(_)
+            | Self::OtherAccount { .. }
             | Self::WrongMode { .. } => false,
             Self::Stripe(e) => e.is_transient(),
             Self::Pool(_) | Self::NotYetVisible { .. } => true,
@@ -63,6 +72,7 @@ impl FulfillError {
             Self::NotYetVisible { .. } => "not_yet_visible",
             Self::Conflict(_) => "conflict",
             Self::WrongMode { .. } => "wrong_mode",
+            Self::OtherAccount { .. } => "other_account",
         }
     }
 
@@ -155,6 +165,10 @@ impl From<FulfillError> for ApiError {
         match e {
             FulfillError::Stripe(StripeError::NotFound { message }) => Self::NotFound(message),
             e @ FulfillError::WrongMode { .. } => Self::WrongMode(e.to_string()),
+            // Another account's session does not exist for the caller.
+            FulfillError::OtherAccount { session_id, .. } => {
+                Self::NotFound(format!("no session {session_id} for this account"))
+            }
             e if e.is_transient() => Self::Unavailable(e),
             e => Self::Internal(e),
         }

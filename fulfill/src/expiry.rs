@@ -39,33 +39,43 @@ pub async fn sweep(pool: &Pool) -> Result<usize, FulfillError> {
         lots::users_with_expired(&mut conn, BATCH).await?
     };
     let mut written = 0;
-    for user in users {
+    for (account, user) in users {
         let mut conn = pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
         let wrote = conn
-            .transaction(async |conn: &mut AsyncPgConnection| expire_user(conn, &user).await)
+            .transaction(async |conn: &mut AsyncPgConnection| {
+                expire_user(conn, &account, &user).await
+            })
             .await?;
         written += usize::from(wrote);
     }
     Ok(written)
 }
 
-/// Expires what is due for one user, in the caller's transaction.
+/// Expires what is due for one user of `account` (`''`: the platform), in the caller's
+/// transaction.
 pub async fn expire_user(
     conn: &mut AsyncPgConnection,
+    account: &str,
     user_id: &str,
 ) -> Result<bool, FulfillError> {
-    let totals = spending::lock_totals(conn, user_id).await?;
-    let expired = lots::expired_remaining(conn, user_id, Utc::now()).await?;
+    let totals = spending::lock_totals(conn, account, user_id).await?;
+    let expired = lots::expired_remaining(conn, account, user_id, Utc::now()).await?;
     let amount = to_expire(expired, &totals);
     if amount == 0 {
         return Ok(false);
     }
     // Unique per state of the balance: a second sweeper of the same moment collides.
-    let key = format!("expiry:{user_id}:{}", totals.sequence + 1);
+    // The platform's keys keep their form from before Connect.
+    let key = if account.is_empty() {
+        format!("expiry:{user_id}:{}", totals.sequence + 1)
+    } else {
+        format!("expiry:{account}:{user_id}:{}", totals.sequence + 1)
+    };
     Ok(ledger::append(
         conn,
         &NewEntry {
+            account,
             user_id,
             delta: -amount,
             reason: "expiry",

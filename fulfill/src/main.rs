@@ -36,6 +36,10 @@ enum Command {
         /// Without it: from where the last run got to (72h the first time).
         #[arg(long)]
         since: Option<String>,
+        /// A Stripe Connect account (acct_...): reconcile its events and sessions (listed
+        /// with Stripe-Account) instead of the platform's.
+        #[arg(long)]
+        account: Option<String>,
     },
     /// Inspect, replay or drop dead-lettered messages (needs only AMQP_URL).
     Dlq {
@@ -82,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Migrate => migrate().await,
-        Command::Reconcile { since } => reconcile_once(since).await,
+        Command::Reconcile { since, account } => reconcile_once(since, account).await,
         Command::Dlq { command } => dlq(command).await,
         Command::Topology { command } => fulfill::topology_migrate::run(command.into()).await,
     }
@@ -97,7 +101,9 @@ impl From<TopologyCommand> for fulfill::topology_migrate::Action {
     }
 }
 
-async fn reconcile_once(since: Option<String>) -> anyhow::Result<()> {
+async fn reconcile_once(since: Option<String>, account: Option<String>) -> anyhow::Result<()> {
+    let account = fulfill::domain::account::Account::parse(account.as_deref())
+        .context("--account must be a Stripe account id (acct_...)")?;
     let since = since
         .as_deref()
         .map(reconcile::parse_duration)
@@ -113,7 +119,7 @@ async fn reconcile_once(since: Option<String>) -> anyhow::Result<()> {
         .await
         .context("migrations failed")?;
     let services = Services::build(&config)?;
-    let report = reconcile::run(&services, since).await?;
+    let report = reconcile::run(&services, &account, since).await?;
     println!("{report}");
     if report.errors > 0 {
         anyhow::bail!("{} items failed; run again to retry them", report.errors);

@@ -7,6 +7,11 @@
 //! processed costs nothing), then sweeps `GET /v1/checkout/sessions?status=complete` over
 //! the same window and fulfills every session not yet settled. Everything goes through
 //! the same idempotent fulfillment and the same Stripe rate budget.
+//!
+//! A run is for one account: the platform, or a connected account (`--account acct_…`),
+//! whose events and sessions are listed with `Stripe-Account` and spend its budget; each
+//! has its own cursor. The background loop runs the platform, then every connected
+//! account fulfill has recorded a session for.
 //! <https://docs.stripe.com/webhooks/process-undelivered-events>
 
 use std::time::Duration;
@@ -15,7 +20,11 @@ use serde::Deserialize;
 use shared::{ids::CheckoutSessionId, topology};
 
 use crate::{
-    db::{Pool, cursors, locks, sessions::SessionState},
+    db::{
+        Pool, cursors, locks,
+        sessions::{self, SessionState},
+    },
+    domain::account::Account,
     error::{FulfillError, error_chain},
     fulfillment::{EventOutcome, Fulfiller},
     services::Services,
@@ -29,6 +38,14 @@ pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(72 * 3600);
 /// Re-read this much before the cursor: events can appear with a slightly older `created`.
 pub const OVERLAP: Duration = Duration::from_secs(10 * 60);
 const CURSOR: &str = "checkout";
+
+/// The account's cursor: `checkout` for the platform, `checkout:acct_…` for another.
+fn cursor_name(account: &Account) -> String {
+    match account.id() {
+        None => CURSOR.to_owned(),
+        Some(id) => format!("{CURSOR}:{id}"),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -59,6 +76,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, ReconcileError> {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
+    pub account: Account,
     pub since: i64,
     pub events: u64,
     pub events_new: u64,
@@ -76,7 +94,8 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "reconcile: since={} events={} events_new={} sessions={} sessions_checked={} healed={} needs_attention={} wrong_mode={} errors={}",
+            "reconcile: account={} since={} events={} events_new={} sessions={} sessions_checked={} healed={} needs_attention={} wrong_mode={} errors={}",
+            self.account,
             self.since,
             self.events,
             self.events_new,
@@ -100,9 +119,13 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Runs one reconciliation over `since` (or from the stored cursor) and advances the
-/// cursor when every item went through.
-pub async fn run(services: &Services, since: Option<Duration>) -> Result<Report, ReconcileError> {
+/// Runs one reconciliation of `account` over `since` (or from its stored cursor) and
+/// advances the cursor when every item went through.
+pub async fn run(
+    services: &Services,
+    account: &Account,
+    since: Option<Duration>,
+) -> Result<Report, ReconcileError> {
     let pool = &services.pool;
     if let Some(s) = since
         && s > MAX_LOOKBACK
@@ -112,21 +135,22 @@ pub async fn run(services: &Services, since: Option<Duration>) -> Result<Report,
     let started = now();
     let created_gte = match since {
         Some(s) => started - secs(s),
-        None => match read_cursor(pool).await? {
+        None => match read_cursor(pool, account).await? {
             Some(cursor) => (cursor - secs(OVERLAP)).max(started - secs(MAX_LOOKBACK)),
             None => started - secs(DEFAULT_LOOKBACK),
         },
     };
     let mut report = Report {
+        account: account.clone(),
         since: created_gte,
         ..Report::default()
     };
     let created = created_gte.to_string();
-    events(services, &created, &mut report).await?;
-    sessions(services, &created, &mut report).await?;
-    pending(&services.fulfiller, &mut report).await?;
+    events(services, account, &created, &mut report).await?;
+    sessions(services, account, &created, &mut report).await?;
+    pending(&services.fulfiller, account, &mut report).await?;
     if report.errors == 0 {
-        write_cursor(pool, started).await?;
+        write_cursor(pool, account, started).await?;
     }
     services.metrics.reconcile_healed.inc_by(report.healed);
     Ok(report)
@@ -134,6 +158,7 @@ pub async fn run(services: &Services, since: Option<Duration>) -> Result<Report,
 
 async fn events(
     services: &Services,
+    account: &Account,
     created_gte: &str,
     report: &mut Report,
 ) -> Result<(), ReconcileError> {
@@ -141,14 +166,19 @@ async fn events(
         .map(|t| ("types[]", t))
         .collect();
     query.push(("created[gte]", created_gte));
-    let mut pager = Pager::new(&services.stripe, "events.list", "/v1/events", &query);
+    let stripe = services.stripe.for_account(account);
+    let mut pager = Pager::new(&stripe, "events.list", "/v1/events", &query);
     while let Some(page) = pager
         .next_page::<serde_json::Value>()
         .await
         .map_err(FulfillError::from)?
     {
-        for event in page {
+        for mut event in page {
             report.events += 1;
+            // Listed with `Stripe-Account`: the event is that account's, whatever it says.
+            if let (Some(id), Some(object)) = (account.id(), event.as_object_mut()) {
+                object.insert("account".to_owned(), id.into());
+            }
             let body = serde_json::to_vec(&event).unwrap_or_default();
             match services.fulfiller.handle_event(&body).await {
                 Ok(EventOutcome::Duplicate) | Ok(EventOutcome::AlreadySettled(_)) => {}
@@ -177,6 +207,7 @@ fn count(report: &mut Report, outcome: &EventOutcome) {
 
 async fn sessions(
     services: &Services,
+    account: &Account,
     created_gte: &str,
     report: &mut Report,
 ) -> Result<(), ReconcileError> {
@@ -191,8 +222,9 @@ async fn sessions(
     }
     let query = [("status", "complete"), ("created[gte]", created_gte)];
     let fulfiller = &services.fulfiller;
+    let stripe = services.stripe.for_account(account);
     let mut pager = Pager::new(
-        &services.stripe,
+        &stripe,
         "checkout_sessions.list",
         "/v1/checkout/sessions",
         &query,
@@ -209,7 +241,7 @@ async fn sessions(
                 continue;
             };
             // Settled sessions cost no Stripe call.
-            if let Some(state) = fulfiller.recorded_state(&id).await?
+            if let Some(state) = fulfiller.recorded_state(account, &id).await?
                 && matches!(
                     state.state,
                     SessionState::Credited | SessionState::Expired | SessionState::Failed
@@ -217,7 +249,7 @@ async fn sessions(
             {
                 continue;
             }
-            check(fulfiller, &id, report).await;
+            check(fulfiller, account, &id, report).await;
         }
     }
     Ok(())
@@ -225,21 +257,30 @@ async fn sessions(
 
 /// Sessions recorded as pending whatever their age: an async payment that succeeded
 /// after the window, and whose event was lost, is healed too.
-async fn pending(fulfiller: &Fulfiller, report: &mut Report) -> Result<(), ReconcileError> {
+async fn pending(
+    fulfiller: &Fulfiller,
+    account: &Account,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
     const MAX_PENDING: i64 = 10_000;
-    for raw in fulfiller.pending_sessions(MAX_PENDING).await? {
+    for raw in fulfiller.pending_sessions(account, MAX_PENDING).await? {
         let Ok(id) = CheckoutSessionId::parse(raw) else {
             report.errors += 1;
             continue;
         };
-        check(fulfiller, &id, report).await;
+        check(fulfiller, account, &id, report).await;
     }
     Ok(())
 }
 
-async fn check(fulfiller: &Fulfiller, id: &CheckoutSessionId, report: &mut Report) {
+async fn check(
+    fulfiller: &Fulfiller,
+    account: &Account,
+    id: &CheckoutSessionId,
+    report: &mut Report,
+) {
     report.sessions_checked += 1;
-    match fulfiller.fulfill_session(id).await {
+    match fulfiller.fulfill_session(account, id).await {
         Ok(state) if state.credited_now => report.healed += 1,
         Ok(state) if state.state == SessionState::NeedsAttention => report.needs_attention += 1,
         Ok(_) => {}
@@ -251,14 +292,33 @@ async fn check(fulfiller: &Fulfiller, id: &CheckoutSessionId, report: &mut Repor
     }
 }
 
-async fn read_cursor(pool: &Pool) -> Result<Option<i64>, FulfillError> {
+async fn read_cursor(pool: &Pool, account: &Account) -> Result<Option<i64>, FulfillError> {
     let mut conn = pool.get().await?;
-    Ok(cursors::read(&mut conn, CURSOR).await?)
+    Ok(cursors::read(&mut conn, &cursor_name(account)).await?)
 }
 
-async fn write_cursor(pool: &Pool, created_gte: i64) -> Result<(), FulfillError> {
+async fn write_cursor(
+    pool: &Pool,
+    account: &Account,
+    created_gte: i64,
+) -> Result<(), FulfillError> {
     let mut conn = pool.get().await?;
-    Ok(cursors::write(&mut conn, CURSOR, created_gte).await?)
+    Ok(cursors::write(&mut conn, &cursor_name(account), created_gte).await?)
+}
+
+/// The platform, then every connected account fulfill has recorded a session for.
+async fn known_accounts(pool: &Pool) -> Result<Vec<Account>, FulfillError> {
+    let mut conn = pool.get().await?;
+    let mut accounts = vec![Account::PLATFORM];
+    for stored in sessions::connected_accounts(&mut conn).await? {
+        match Account::from_stored(&stored) {
+            Ok(account) => accounts.push(account),
+            Err(e) => {
+                tracing::warn!(account = %stored, error = %e, "reconcile: unreadable account skipped")
+            }
+        }
+    }
+    Ok(accounts)
 }
 
 /// The background loop (`FULFILL_RECONCILE_INTERVAL_SECS`): one process at a time runs it,
@@ -282,9 +342,20 @@ pub async fn run_periodically(
         {
             continue;
         }
-        match run(&services, None).await {
-            Ok(report) => tracing::info!(%report, "background reconciliation done"),
-            Err(e) => tracing::warn!(error = %error_chain(&e), "background reconciliation failed"),
+        let accounts = match known_accounts(&services.pool).await {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "background reconciliation failed");
+                vec![Account::PLATFORM]
+            }
+        };
+        for account in accounts {
+            match run(&services, &account, None).await {
+                Ok(report) => tracing::info!(%report, "background reconciliation done"),
+                Err(e) => {
+                    tracing::warn!(%account, error = %error_chain(&e), "background reconciliation failed");
+                }
+            }
         }
         let _ = locks::unlock(&mut conn, locks::RECONCILE).await;
     }

@@ -22,6 +22,10 @@ pub struct EventEnvelope {
     pub api_version: Option<String>,
     #[serde(default)]
     pub livemode: bool,
+    /// The connected account (`acct_…`) the event happened on (Stripe Connect); absent
+    /// for the platform's own events. Kept raw here: fulfill checks it.
+    #[serde(default)]
+    pub account: Option<String>,
     #[serde(default)]
     pub data: Option<EventData>,
 }

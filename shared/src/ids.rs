@@ -96,6 +96,10 @@ stripe_id!(
     /// A PaymentIntent id (`pi_…`).
     PaymentIntentId, "payment intent id", "pi_"
 );
+stripe_id!(
+    /// A Stripe Connect account id (`acct_…`): an event's top-level `account`.
+    AccountId, "account id", "acct_"
+);
 
 /// Who receives credits: the session's `client_reference_id` (else `metadata.user_id`).
 ///

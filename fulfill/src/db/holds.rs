@@ -18,6 +18,8 @@ use super::schema::holds;
 #[diesel(table_name = holds)]
 pub struct Hold {
     pub hold_id: String,
+    /// The user's account (`''`: the platform's).
+    pub account: String,
     pub user_id: String,
     pub amount: i64,
     pub status: String,
@@ -40,17 +42,19 @@ pub fn effective_status(stored: &str, unexpired: bool) -> &str {
 pub async fn insert(
     conn: &mut AsyncPgConnection,
     hold_id: &str,
+    account: &str,
     user_id: &str,
     amount: i64,
     ttl_secs: i64,
     reason: Option<&str>,
 ) -> QueryResult<Hold> {
     diesel::sql_query(
-        "INSERT INTO holds (hold_id, user_id, amount, reason, expires_at) \
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-         RETURNING hold_id, user_id, amount, status, captured, reason, expires_at, settled",
+        "INSERT INTO holds (hold_id, account, user_id, amount, reason, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
+         RETURNING hold_id, account, user_id, amount, status, captured, reason, expires_at, settled",
     )
     .bind::<Text, _>(hold_id)
+    .bind::<Text, _>(account)
     .bind::<Text, _>(user_id)
     .bind::<BigInt, _>(amount)
     .bind::<Nullable<Text>, _>(reason)

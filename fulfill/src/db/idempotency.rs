@@ -1,5 +1,5 @@
 //! `Idempotency-Key`: the first answer to a request, kept with a fingerprint of the
-//! request (endpoint, user, body) and written in the request's own transaction, so a
+//! request (endpoint, user, body) under the account's namespace of keys and written in the request's own transaction, so a
 //! refused request (rolled back) leaves no trace and its key may be used again.
 //!
 //! Two requests with the same key at once: the second's `INSERT` waits on the unique key
@@ -23,17 +23,19 @@ pub enum Claim {
 
 pub async fn claim(
     conn: &mut AsyncPgConnection,
+    account: &str,
     key: &str,
     fingerprint: &str,
 ) -> QueryResult<Claim> {
     let inserted = diesel::insert_into(idempotency_keys::table)
         .values((
+            idempotency_keys::account.eq(account),
             idempotency_keys::key.eq(key),
             idempotency_keys::fingerprint.eq(fingerprint),
             idempotency_keys::status.eq(0_i16),
             idempotency_keys::response.eq(Value::Null),
         ))
-        .on_conflict(idempotency_keys::key)
+        .on_conflict((idempotency_keys::account, idempotency_keys::key))
         .do_nothing()
         .execute(conn)
         .await?;
@@ -41,7 +43,7 @@ pub async fn claim(
         return Ok(Claim::New);
     }
     let (stored, status, response): (String, i16, Value) = idempotency_keys::table
-        .find(key)
+        .find((account, key))
         .select((
             idempotency_keys::fingerprint,
             idempotency_keys::status,
@@ -61,11 +63,12 @@ pub async fn claim(
 
 pub async fn complete(
     conn: &mut AsyncPgConnection,
+    account: &str,
     key: &str,
     status: u16,
     response: &Value,
 ) -> QueryResult<()> {
-    diesel::update(idempotency_keys::table.find(key))
+    diesel::update(idempotency_keys::table.find((account, key)))
         .set((
             idempotency_keys::status.eq(i16::try_from(status).unwrap_or(200)),
             idempotency_keys::response.eq(response),

@@ -22,6 +22,8 @@ use crate::domain::target::{Component, Components};
 
 #[derive(Debug, Clone, Default)]
 pub struct NewEntry<'a> {
+    /// The user's account (`''`: the platform's own users).
+    pub account: &'a str,
     pub user_id: &'a str,
     pub delta: i64,
     pub reason: &'a str,
@@ -92,6 +94,7 @@ pub async fn append_entry(
 ) -> QueryResult<Option<Appended>> {
     let inserted: Option<(i64, DateTime<Utc>)> = diesel::insert_into(ledger_entries::table)
         .values((
+            ledger_entries::account.eq(entry.account),
             ledger_entries::user_id.eq(entry.user_id),
             ledger_entries::delta.eq(entry.delta),
             ledger_entries::reason.eq(entry.reason),
@@ -117,11 +120,12 @@ pub async fn append_entry(
     };
     let (credits_after, sequence): (i64, i64) = diesel::insert_into(balances::table)
         .values((
+            balances::account.eq(entry.account),
             balances::user_id.eq(entry.user_id),
             balances::credits.eq(entry.delta),
             balances::sequence.eq(1),
         ))
-        .on_conflict(balances::user_id)
+        .on_conflict((balances::account, balances::user_id))
         .do_update()
         .set((
             balances::credits.eq(balances::credits + excluded(balances::credits)),
@@ -138,7 +142,14 @@ pub async fn append_entry(
     if entry.delta > 0 {
         super::lots::create(conn, entry, entry_id, credits_after).await?;
     } else if entry.delta < 0 {
-        super::lots::consume(conn, entry.user_id, entry.stripe_session_id, -entry.delta).await?;
+        super::lots::consume(
+            conn,
+            entry.account,
+            entry.user_id,
+            entry.stripe_session_id,
+            -entry.delta,
+        )
+        .await?;
     }
     let appended = Appended {
         entry_id,
@@ -163,9 +174,14 @@ pub async fn find(
 }
 
 /// The user's balance; 0 for a user never credited.
-pub async fn balance(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<i64> {
+pub async fn balance(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    user_id: &str,
+) -> QueryResult<i64> {
     balances::table
         .select(balances::credits)
+        .filter(balances::account.eq(account))
         .filter(balances::user_id.eq(user_id))
         .first::<i64>(conn)
         .await
@@ -176,11 +192,13 @@ pub async fn balance(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult
 /// The user's entries, oldest first, after entry id `after` (0 for the start).
 pub async fn entries(
     conn: &mut AsyncPgConnection,
+    account: &str,
     user_id: &str,
     after: i64,
     limit: i64,
 ) -> QueryResult<Vec<Entry>> {
     ledger_entries::table
+        .filter(ledger_entries::account.eq(account))
         .filter(ledger_entries::user_id.eq(user_id))
         .filter(ledger_entries::id.gt(after))
         .order(ledger_entries::id.asc())

@@ -60,6 +60,7 @@ pub(super) async fn create(
         .into_iter()
         .map(|lot| {
             (
+                credit_lots::account.eq(entry.account),
                 credit_lots::user_id.eq(entry.user_id),
                 credit_lots::entry_id.eq(Some(entry_id)),
                 credit_lots::stripe_session_id.eq(entry.stripe_session_id),
@@ -84,6 +85,7 @@ pub(super) async fn create(
 /// expire. Takes what there is when there is less (a reversal of spent credits).
 pub(super) async fn consume(
     conn: &mut AsyncPgConnection,
+    account: &str,
     user_id: &str,
     session_id: Option<&str>,
     amount: i64,
@@ -91,14 +93,15 @@ pub(super) async fn consume(
     diesel::sql_query(
         "WITH ordered AS ( \
              SELECT id, remaining, \
-                    sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $2, false) DESC, \
+                    sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $3, false) DESC, \
                                          expires_at ASC NULLS LAST, id) - remaining AS before \
-               FROM credit_lots WHERE user_id = $1 AND remaining > 0) \
+               FROM credit_lots WHERE account = $1 AND user_id = $2 AND remaining > 0) \
          UPDATE credit_lots l \
-            SET remaining = l.remaining - LEAST(o.remaining, $3 - o.before) \
+            SET remaining = l.remaining - LEAST(o.remaining, $4 - o.before) \
            FROM ordered o \
-          WHERE l.id = o.id AND o.before < $3",
+          WHERE l.id = o.id AND o.before < $4",
     )
+    .bind::<Text, _>(account)
     .bind::<Text, _>(user_id)
     .bind::<Nullable<Text>, _>(session_id)
     .bind::<BigInt, _>(amount)
@@ -110,10 +113,12 @@ pub(super) async fn consume(
 /// Credits in the user's lots that expired by `now` and are still there.
 pub async fn expired_remaining(
     conn: &mut AsyncPgConnection,
+    account: &str,
     user_id: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<i64> {
     credit_lots::table
+        .filter(credit_lots::account.eq(account))
         .filter(credit_lots::user_id.eq(user_id))
         .filter(credit_lots::remaining.gt(0))
         .filter(credit_lots::expires_at.le(now))
@@ -125,27 +130,30 @@ pub async fn expired_remaining(
 #[derive(QueryableByName)]
 struct UserRow {
     #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(sql_type = Text)]
     user_id: String,
 }
 
 /// Users with expired credits left beyond what their active holds reserve (held credits
-/// are the soonest-expiring ones, and do not expire under a hold), at most `limit`.
+/// are the soonest-expiring ones, and do not expire under a hold), at most `limit`, as
+/// (account, user id).
 pub async fn users_with_expired(
     conn: &mut AsyncPgConnection,
     limit: i64,
-) -> QueryResult<Vec<String>> {
+) -> QueryResult<Vec<(String, String)>> {
     let rows: Vec<UserRow> = diesel::sql_query(
-        "SELECT l.user_id FROM credit_lots l \
+        "SELECT l.account, l.user_id FROM credit_lots l \
           WHERE l.remaining > 0 AND l.expires_at <= now() \
-          GROUP BY l.user_id \
+          GROUP BY l.account, l.user_id \
          HAVING sum(l.remaining) > COALESCE((SELECT sum(h.amount) FROM holds h \
-                 WHERE h.user_id = l.user_id AND h.status = 'active' AND h.expires_at > now()), 0) \
+                 WHERE h.account = l.account AND h.user_id = l.user_id AND h.status = 'active' AND h.expires_at > now()), 0) \
           LIMIT $1",
     )
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| r.user_id).collect())
+    Ok(rows.into_iter().map(|r| (r.account, r.user_id)).collect())
 }
 
 #[cfg(test)]

@@ -23,6 +23,15 @@ pub fn routing_key(reason: &str) -> String {
     format!("credits.{reason}")
 }
 
+/// An event's `account`: the connected account's id, `null` for the platform's users.
+fn account_field(account: &str) -> Value {
+    if account.is_empty() {
+        Value::Null
+    } else {
+        Value::from(account)
+    }
+}
+
 /// The event of a ledger entry, as CONTRACT.md "Credit events" spells it.
 pub fn entry_event(
     event_id: &str,
@@ -34,7 +43,7 @@ pub fn entry_event(
         "id": event_id,
         "type": routing_key(entry.reason),
         "user_id": entry.user_id,
-        "account": Value::Null,
+        "account": account_field(entry.account),
         "delta": entry.delta,
         "credits_after": appended.credits_after,
         "sequence": appended.sequence,
@@ -60,6 +69,7 @@ pub(super) async fn announce_entry(
         .values((
             credit_events::event_id.eq(&event_id),
             credit_events::routing_key.eq(routing_key(entry.reason)),
+            credit_events::account.eq(entry.account),
             credit_events::user_id.eq(entry.user_id),
             credit_events::sequence.eq(appended.sequence),
             credit_events::payload.eq(payload),
@@ -73,6 +83,7 @@ pub(super) async fn announce_entry(
 /// the session into that state, only when it was not in it before).
 pub async fn announce_attention(
     conn: &mut AsyncPgConnection,
+    account: &str,
     session_id: &str,
     user_id: Option<&str>,
     reason: &str,
@@ -82,7 +93,7 @@ pub async fn announce_attention(
         "id": event_id,
         "type": NEEDS_ATTENTION,
         "user_id": user_id,
-        "account": Value::Null,
+        "account": account_field(account),
         "delta": Value::Null,
         "credits_after": Value::Null,
         "sequence": Value::Null,
@@ -97,6 +108,7 @@ pub async fn announce_attention(
         .values((
             credit_events::event_id.eq(&event_id),
             credit_events::routing_key.eq(NEEDS_ATTENTION),
+            credit_events::account.eq(account),
             credit_events::user_id.eq(user_id),
             credit_events::payload.eq(payload),
         ))

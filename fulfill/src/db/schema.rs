@@ -1,11 +1,12 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
-    balances (user_id) {
+    balances (account, user_id) {
         user_id -> Text,
         credits -> Int8,
         updated_at -> Timestamptz,
         sequence -> Int8,
+        account -> Text,
     }
 }
 
@@ -29,6 +30,7 @@ diesel::table! {
         attention -> Nullable<Text>,
         fetch_lease_until -> Nullable<Timestamptz>,
         view_started_at -> Nullable<Timestamptz>,
+        account -> Text,
     }
 }
 
@@ -42,6 +44,7 @@ diesel::table! {
         payload -> Jsonb,
         created_at -> Timestamptz,
         sent_at -> Nullable<Timestamptz>,
+        account -> Text,
     }
 }
 
@@ -55,6 +58,7 @@ diesel::table! {
         remaining -> Int8,
         expires_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        account -> Text,
     }
 }
 
@@ -70,16 +74,18 @@ diesel::table! {
         settled -> Nullable<Jsonb>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        account -> Text,
     }
 }
 
 diesel::table! {
-    idempotency_keys (key) {
+    idempotency_keys (account, key) {
         key -> Text,
         fingerprint -> Text,
         status -> Int2,
         response -> Jsonb,
         created_at -> Timestamptz,
+        account -> Text,
     }
 }
 
@@ -101,6 +107,7 @@ diesel::table! {
         memo -> Nullable<Text>,
         metadata -> Nullable<Jsonb>,
         sequence -> Nullable<Int8>,
+        account -> Text,
     }
 }
 

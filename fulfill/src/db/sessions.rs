@@ -15,6 +15,9 @@ pub use crate::domain::session::SessionState;
 #[diesel(table_name = checkout_sessions)]
 pub struct SessionRow {
     pub session_id: String,
+    /// The Connect account the session belongs to (`''`: the platform).
+    #[serde(skip)]
+    pub account: String,
     pub state: SessionState,
     pub user_id: Option<String>,
     pub credits: Option<i64>,
@@ -72,11 +75,13 @@ pub async fn find(
 /// concurrent fulfillments of one session run one after the other.
 pub async fn lock_or_create(
     conn: &mut AsyncPgConnection,
+    account: &str,
     session_id: &str,
 ) -> QueryResult<SessionRow> {
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
+            checkout_sessions::account.eq(account),
             checkout_sessions::state.eq(SessionState::Pending),
         ))
         .on_conflict_do_nothing()
@@ -115,12 +120,14 @@ struct Claim {
 /// database's clock at that moment (when a fetch starting now started).
 pub async fn claim_fetch(
     conn: &mut AsyncPgConnection,
+    account: &str,
     session_id: &str,
     lease: std::time::Duration,
 ) -> QueryResult<(bool, DateTime<Utc>)> {
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
+            checkout_sessions::account.eq(account),
             checkout_sessions::state.eq(SessionState::Pending),
         ))
         .on_conflict_do_nothing()
@@ -182,9 +189,11 @@ pub async fn forget_unknown(conn: &mut AsyncPgConnection, session_id: &str) -> Q
 /// The session paid with `payment_intent_id`, if fulfill has seen it.
 pub async fn find_by_payment_intent(
     conn: &mut AsyncPgConnection,
+    account: &str,
     payment_intent_id: &str,
 ) -> QueryResult<Option<SessionRow>> {
     checkout_sessions::table
+        .filter(checkout_sessions::account.eq(account))
         .filter(checkout_sessions::payment_intent_id.eq(payment_intent_id))
         .select(SessionRow::as_select())
         .first(conn)
@@ -192,10 +201,15 @@ pub async fn find_by_payment_intent(
         .optional()
 }
 
-/// Sessions recorded as pending (unpaid async payments), oldest first: reconciliation
+/// An account's sessions recorded as pending (unpaid async payments), oldest first: reconciliation
 /// looks at them again whatever their age, so a success whose webhook was lost is healed.
-pub async fn pending(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<String>> {
+pub async fn pending(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    limit: i64,
+) -> QueryResult<Vec<String>> {
     checkout_sessions::table
+        .filter(checkout_sessions::account.eq(account))
         .filter(checkout_sessions::state.eq(SessionState::Pending))
         .filter(checkout_sessions::stripe_status.is_not_null())
         .order(checkout_sessions::created_at.asc())
@@ -234,5 +248,15 @@ pub async fn count_needing_attention(conn: &mut AsyncPgConnection) -> QueryResul
         )
         .count()
         .get_result(conn)
+        .await
+}
+
+/// The connected accounts (stored form) fulfill has recorded sessions for.
+pub async fn connected_accounts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
+    checkout_sessions::table
+        .filter(checkout_sessions::account.ne(""))
+        .select(checkout_sessions::account)
+        .distinct()
+        .load(conn)
         .await
 }

@@ -1,4 +1,5 @@
-//! A user's spendable totals, read under the balance row lock.
+//! A user's spendable totals (users are an account's: `account` is `''` for the
+//! platform, see [`crate::domain::account`]), read under the balance row lock.
 //!
 //! Every spending decision (debit, hold) and every expiry locks the user's `balances` row
 //! with `SELECT … FOR UPDATE` before it looks at what is available, and every ledger
@@ -30,8 +31,13 @@ impl Totals {
 
 /// Locks the user's balance row (if any) for the caller's transaction and reads the
 /// totals. A user never credited has nothing to lock and nothing to spend.
-pub async fn lock_totals(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<Totals> {
+pub async fn lock_totals(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    user_id: &str,
+) -> QueryResult<Totals> {
     let row: Option<(i64, i64)> = balances::table
+        .filter(balances::account.eq(account))
         .filter(balances::user_id.eq(user_id))
         .select((balances::credits, balances::sequence))
         .for_update()
@@ -43,14 +49,19 @@ pub async fn lock_totals(conn: &mut AsyncPgConnection, user_id: &str) -> QueryRe
     };
     Ok(Totals {
         credits,
-        held: held(conn, user_id).await?,
+        held: held(conn, account, user_id).await?,
         sequence,
     })
 }
 
 /// The totals without locking (for reads).
-pub async fn totals(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<Totals> {
+pub async fn totals(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    user_id: &str,
+) -> QueryResult<Totals> {
     let row: Option<(i64, i64)> = balances::table
+        .filter(balances::account.eq(account))
         .filter(balances::user_id.eq(user_id))
         .select((balances::credits, balances::sequence))
         .first(conn)
@@ -61,14 +72,15 @@ pub async fn totals(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<
     };
     Ok(Totals {
         credits,
-        held: held(conn, user_id).await?,
+        held: held(conn, account, user_id).await?,
         sequence,
     })
 }
 
 /// What the user's active, unexpired holds reserve (by the database's clock).
-pub async fn held(conn: &mut AsyncPgConnection, user_id: &str) -> QueryResult<i64> {
+pub async fn held(conn: &mut AsyncPgConnection, account: &str, user_id: &str) -> QueryResult<i64> {
     holds::table
+        .filter(holds::account.eq(account))
         .filter(holds::user_id.eq(user_id))
         .filter(holds::status.eq("active"))
         .filter(holds::expires_at.gt(diesel::dsl::now))

@@ -1,5 +1,6 @@
 //! fulfill's decisions, as plain functions over plain data: no async, no IO.
 //!
+//! - [`account`]: whose credits (the platform's users, or a Connect account's);
 //! - [`credits`]: the credits rule (who, how many, when) of a refetched session;
 //! - [`expiry_rule`]: which purchased credits expire when (`credits_valid_days`);
 //! - [`target`]: what a session's ledger should hold given its money side now, and the
@@ -10,6 +11,7 @@
 //!
 //! The orchestrator (`crate::fulfillment`) is fetch → decide here → persist → settle.
 
+pub mod account;
 pub mod credits;
 pub mod cue;
 pub mod expiry_rule;

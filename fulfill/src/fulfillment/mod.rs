@@ -31,6 +31,7 @@ use crate::{
         sessions::{self, SessionRow, SessionState},
     },
     domain::{
+        account::Account,
         credits::{self, Decision},
         cue::{self, Cue, Seen},
         expiry_rule,
@@ -202,6 +203,9 @@ impl Fulfiller {
         }
         let event_type = EventType::parse(&envelope.event_type)
             .ok_or_else(|| FulfillError::UnsupportedEvent(envelope.event_type.clone()))?;
+        // Whose event: a connected account's (its top-level `account`) or the platform's.
+        let account = Account::parse(envelope.account.as_deref())
+            .map_err(|e| FulfillError::Malformed(format!("account: {e}")))?;
         let object_id = envelope
             .object_id()
             .ok_or_else(|| FulfillError::Malformed("data.object.id is missing".into()))?;
@@ -222,7 +226,7 @@ impl Fulfiller {
             (id, Cue::Checkout(event_type))
         } else {
             let hint = money::Hint::from_envelope(&envelope, event_type, &object_id)?;
-            match self.session_for(&hint).await? {
+            match self.session_for(&account, &hint).await? {
                 Some(id) => (id, hint.cue),
                 None => {
                     self.record(event, &object_id, EventOutcome::NotFromCheckout)
@@ -236,6 +240,7 @@ impl Fulfiller {
         {
             let mut conn = self.pool.get().await?;
             if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await?
+                && same_account(&row, &account)?
                 && row.state.settles(&cue)
             {
                 let outcome = EventOutcome::AlreadySettled(row.state);
@@ -250,7 +255,9 @@ impl Fulfiller {
                 return Ok(outcome);
             }
         }
-        let (state, change) = self.converge(&session_id, &cue, Some(event)).await?;
+        let (state, change) = self
+            .converge(&account, &session_id, &cue, Some(event))
+            .await?;
         if let Some(user) = &state.user_id {
             span.record("user_id", user.as_str());
         }
@@ -260,9 +267,10 @@ impl Fulfiller {
     /// An operator, reconciliation: converge without an event, waiting for budget.
     pub async fn fulfill_session(
         &self,
+        account: &Account,
         session_id: &CheckoutSessionId,
     ) -> Result<FulfillmentState, FulfillError> {
-        self.converge_within(session_id, &Cue::Direct, None, None)
+        self.converge_within(account, session_id, &Cue::Direct, None, None)
             .await
             .map(|(state, _)| state)
     }
@@ -273,10 +281,11 @@ impl Fulfiller {
     /// behind the consumers' backlog.
     pub async fn fulfill_session_within(
         &self,
+        account: &Account,
         session_id: &CheckoutSessionId,
         max_wait: std::time::Duration,
     ) -> Result<FulfillmentState, FulfillError> {
-        self.converge_within(session_id, &Cue::Direct, None, Some(max_wait))
+        self.converge_within(account, session_id, &Cue::Direct, None, Some(max_wait))
             .await
             .map(|(state, _)| state)
     }
@@ -285,20 +294,23 @@ impl Fulfiller {
     /// what that view implies, exactly once.
     pub async fn converge(
         &self,
+        account: &Account,
         session_id: &CheckoutSessionId,
         cue: &Cue,
         event: Option<EventRef<'_>>,
     ) -> Result<(FulfillmentState, LedgerChange), FulfillError> {
-        self.converge_within(session_id, cue, event, None).await
+        self.converge_within(account, session_id, cue, event, None)
+            .await
     }
 
     #[tracing::instrument(
         name = "fulfill.session",
         skip_all,
-        fields(session_id = %session_id, user_id)
+        fields(session_id = %session_id, account = %account, user_id)
     )]
     async fn converge_within(
         &self,
+        account: &Account,
         session_id: &CheckoutSessionId,
         cue: &Cue,
         event: Option<EventRef<'_>>,
@@ -308,10 +320,11 @@ impl Fulfiller {
         // The budget slot first, then the lease: nobody holds a session's lease while
         // queueing for budget (the success page would wait on it). The slot is spent by
         // the first Stripe call of the fetch below (`prepaid`).
-        self.stripe.reserve(max_wait).await?;
+        let stripe = self.stripe.for_account(account);
+        stripe.reserve(max_wait).await?;
         // Single flight: while another delivery (in any process) fetches this session,
         // wait for its result instead of spending budget on the same answer.
-        let started = match self.take_turn(session_id, cue, event).await? {
+        let started = match self.take_turn(account, session_id, cue, event).await? {
             Turn::Settled(row) => {
                 if let Some(e) = event {
                     // Settled by the state another delivery reached: this event is done
@@ -324,9 +337,8 @@ impl Fulfiller {
             Turn::Fetch { started } => started,
         };
         let fetched = prepaid(async {
-            let session = checkout_session::fetch(&self.stripe, session_id).await?;
-            let money =
-                money::fetch(&self.stripe, &session, matches!(cue, Cue::Money { .. })).await?;
+            let session = checkout_session::fetch(&stripe, session_id).await?;
+            let money = money::fetch(&stripe, &session, matches!(cue, Cue::Money { .. })).await?;
             Ok::<_, StripeError>((session, money))
         })
         .await;
@@ -383,7 +395,7 @@ impl Fulfiller {
         let transaction = db::transaction_span();
         let persisted = match conn
             .transaction(async |conn: &mut AsyncPgConnection| {
-                persist::apply(conn, session_id, &view, cue, event, policy).await
+                persist::apply(conn, account, session_id, &view, cue, event, policy).await
             })
             .instrument(transaction.clone())
             .await
@@ -435,6 +447,7 @@ impl Fulfiller {
     /// Takes the session's fetch lease, or waits while another fulfillment holds it.
     async fn take_turn(
         &self,
+        account: &Account,
         session_id: &CheckoutSessionId,
         cue: &Cue,
         event: Option<EventRef<'_>>,
@@ -443,9 +456,16 @@ impl Fulfiller {
         loop {
             let mut conn = self.pool.get().await?;
             let (claimed, now) =
-                sessions::claim_fetch(&mut conn, session_id.as_str(), FETCH_LEASE).await?;
+                sessions::claim_fetch(&mut conn, account.key(), session_id.as_str(), FETCH_LEASE)
+                    .await?;
             // Checked after claiming: the previous holder may have committed just before.
             if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await? {
+                if row.account != account.key() {
+                    if claimed {
+                        sessions::release_fetch(&mut conn, session_id.as_str(), now).await?;
+                    }
+                    same_account(&row, account)?;
+                }
                 let settled = match (cue, event) {
                     (Cue::Direct, _) => row.state == SessionState::Credited,
                     (_, Some(e)) => {
@@ -532,20 +552,42 @@ impl Fulfiller {
         Ok(())
     }
 
-    /// The state fulfill has recorded for a session, if any (no Stripe call).
+    /// The state fulfill has recorded for `account`'s session, if any (no Stripe call):
+    /// another account's session is none of the caller's.
     pub async fn recorded_state(
         &self,
+        account: &Account,
         session_id: &CheckoutSessionId,
     ) -> Result<Option<FulfillmentState>, FulfillError> {
         let mut conn = self.pool.get().await?;
         Ok(sessions::find(&mut conn, session_id.as_str())
             .await?
+            .filter(|row| row.account == account.key())
             .map(|row| FulfillmentState::from_row(&row, false)))
     }
 
-    /// Sessions recorded as pending, for reconciliation to look at again.
-    pub async fn pending_sessions(&self, limit: i64) -> Result<Vec<String>, FulfillError> {
+    /// `account`'s sessions recorded as pending, for reconciliation to look at again.
+    pub async fn pending_sessions(
+        &self,
+        account: &Account,
+        limit: i64,
+    ) -> Result<Vec<String>, FulfillError> {
         let mut conn = self.pool.get().await?;
-        Ok(sessions::pending(&mut conn, limit).await?)
+        Ok(sessions::pending(&mut conn, account.key(), limit).await?)
+    }
+}
+
+/// Whether the recorded session is `account`'s; a session recorded for another account
+/// (or the platform) is an error, never moved for a guessed owner.
+fn same_account(row: &SessionRow, account: &Account) -> Result<bool, FulfillError> {
+    if row.account == account.key() {
+        Ok(true)
+    } else {
+        Err(FulfillError::OtherAccount {
+            session_id: row.session_id.clone(),
+            recorded: Account::from_stored(&row.account)
+                .map_or_else(|_| row.account.clone(), |a| a.to_string()),
+            asked: account.to_string(),
+        })
     }
 }

@@ -12,6 +12,7 @@ use super::Fulfiller;
 use crate::{
     db::sessions,
     domain::{
+        account::Account,
         cue::{Cue, Watermark},
         target::{DisputeStatus, DisputeView, MoneyView, RefundStatus, RefundView},
     },
@@ -86,12 +87,14 @@ impl Fulfiller {
     /// records, else from Stripe. `None` when no session made it.
     pub(super) async fn session_for(
         &self,
+        account: &Account,
         hint: &Hint,
     ) -> Result<Option<CheckoutSessionId>, FulfillError> {
+        let stripe = self.stripe.for_account(account);
         let payment_intent = match (&hint.payment_intent, &hint.charge) {
             (Some(pi), _) => pi.clone(),
             (None, Some(charge)) => {
-                let charge = charge::fetch(&self.stripe, charge).await?;
+                let charge = charge::fetch(&stripe, charge).await?;
                 match charge.payment_intent {
                     Some(pi) => pi.id().to_owned(),
                     None => return Ok(None),
@@ -101,14 +104,15 @@ impl Fulfiller {
         };
         {
             let mut conn = self.pool.get().await?;
-            if let Some(row) = sessions::find_by_payment_intent(&mut conn, &payment_intent).await? {
+            if let Some(row) =
+                sessions::find_by_payment_intent(&mut conn, account.key(), &payment_intent).await?
+            {
                 return CheckoutSessionId::parse(row.session_id)
                     .map(Some)
                     .map_err(|e| FulfillError::Malformed(e.to_string()));
             }
         }
-        let Some(id) = checkout_session::for_payment_intent(&self.stripe, &payment_intent).await?
-        else {
+        let Some(id) = checkout_session::for_payment_intent(&stripe, &payment_intent).await? else {
             return Ok(None);
         };
         CheckoutSessionId::parse(id)

@@ -13,6 +13,7 @@ use crate::{
         sessions::{self, SessionState, SessionUpdate},
     },
     domain::{
+        account::Account,
         credits::{self, Decision},
         cue::Cue,
         expiry_rule,
@@ -43,13 +44,15 @@ pub(super) struct Persisted {
 
 pub(super) async fn apply(
     conn: &mut AsyncPgConnection,
+    account: &Account,
     session_id: &CheckoutSessionId,
     view: &View<'_>,
     cue: &Cue,
     event: Option<EventRef<'_>>,
     policy: RefundPolicy,
 ) -> Result<Persisted, FulfillError> {
-    let row = sessions::lock_or_create(conn, session_id.as_str()).await?;
+    let row = sessions::lock_or_create(conn, account.key(), session_id.as_str()).await?;
+    super::same_account(&row, account)?;
     let event_id = event.map(|e| e.id.as_str());
     let object_id = match cue {
         Cue::Money { object_id, .. } => Some(object_id.as_str()),
@@ -109,6 +112,7 @@ pub(super) async fn apply(
             let written = ledger::append(
                 conn,
                 &NewEntry {
+                    account: account.key(),
                     user_id: user,
                     delta: m.delta,
                     reason: m.reason.as_str(),
@@ -141,7 +145,7 @@ pub(super) async fn apply(
         }
     }
     let balance = match (&user, plan.moves.is_empty()) {
-        (Some(user), false) => Some(ledger::balance(conn, user).await?),
+        (Some(user), false) => Some(ledger::balance(conn, account.key(), user).await?),
         _ => None,
     };
     let balance_below_zero = balance.is_some_and(|b| b < 0);
@@ -186,6 +190,7 @@ pub(super) async fn apply(
     if newly_needs_attention && let Decision::NeedsAttention { reason } = view.decision {
         db::outbox::announce_attention(
             conn,
+            account.key(),
             session_id.as_str(),
             credits::user(view.session)
                 .ok()

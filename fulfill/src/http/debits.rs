@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::{
     Authorized,
+    account::{AccountParam, Scope},
     idempotency::{self, IdempotencyKey},
     openapi::ErrorBody,
 };
@@ -53,6 +54,7 @@ pub struct Debit {
     tag = "spending",
     params(
         ("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"),
+        AccountParam,
         ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters; the same key and request replay the first answer", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = DebitRequest,
@@ -72,6 +74,7 @@ pub async fn debit(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
     key: IdempotencyKey,
     body: web::Json<DebitRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -86,10 +89,10 @@ pub async fn debit(
     let conn: &mut AsyncPgConnection = &mut conn;
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
-            if let Some(replay) = idempotency::begin(conn, &key, &fingerprint).await? {
+            if let Some(replay) = idempotency::begin(conn, &account, &key, &fingerprint).await? {
                 return Ok(replay);
             }
-            let totals = spending::lock_totals(conn, user.as_str()).await?;
+            let totals = spending::lock_totals(conn, account.key(), user.as_str()).await?;
             if amount > totals.available() {
                 return Err(ApiError::InsufficientCredits {
                     available: totals.available(),
@@ -100,6 +103,7 @@ pub async fn debit(
             let appended = ledger::append_entry(
                 conn,
                 &NewEntry {
+                    account: account.key(),
                     user_id: user.as_str(),
                     delta: -amount,
                     reason: "debit",
@@ -120,7 +124,7 @@ pub async fn debit(
                 held: totals.held,
                 available: appended.credits_after - totals.held,
             });
-            idempotency::finish(conn, &key, StatusCode::CREATED, body).await
+            idempotency::finish(conn, &account, &key, StatusCode::CREATED, body).await
         })
         .await?;
     Ok(answer.into_response())

@@ -1,11 +1,12 @@
 //! `POST /checkout/sessions/{id}/fulfill`: the success-page path. Runs the same
 //! idempotent fulfillment as the webhook path, synchronously; safe to race with it.
 //! `GET /checkout/sessions/{id}`: what fulfill has recorded, without asking Stripe.
+//! Both take `?account=acct_…` for a connected account's session.
 
 use actix_web::{HttpResponse, web};
 use shared::ids::CheckoutSessionId;
 
-use super::Authorized;
+use super::{Authorized, account::Scope};
 use crate::{error::ApiError, http::AppState};
 
 /// How long the success page may wait for a Stripe budget slot before answering 503.
@@ -19,12 +20,13 @@ pub async fn fulfill(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
     // A customer waits at most this for budget; beyond it, 503 with Retry-After.
     let result = state
         .fulfiller
-        .fulfill_session_within(&id, SUCCESS_PAGE_MAX_WAIT)
+        .fulfill_session_within(&account, &id, SUCCESS_PAGE_MAX_WAIT)
         .await?;
     Ok(HttpResponse::Ok().json(result))
 }
@@ -33,9 +35,10 @@ pub async fn state(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
-    match state.fulfiller.recorded_state(&id).await? {
+    match state.fulfiller.recorded_state(&account, &id).await? {
         Some(s) => Ok(HttpResponse::Ok().json(s)),
         None => Err(ApiError::NotFound(format!("no record of session {id}"))),
     }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::{
     Authorized,
+    account::{AccountParam, Scope},
     idempotency::{self, IdempotencyKey},
     openapi::ErrorBody,
 };
@@ -51,6 +52,7 @@ pub struct Grant {
     tag = "spending",
     params(
         ("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"),
+        AccountParam,
         ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = GrantRequest,
@@ -69,6 +71,7 @@ pub async fn grant(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
     key: IdempotencyKey,
     body: web::Json<GrantRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -91,15 +94,16 @@ pub async fn grant(
     let conn: &mut AsyncPgConnection = &mut conn;
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
-            if let Some(replay) = idempotency::begin(conn, &key, &fingerprint).await? {
+            if let Some(replay) = idempotency::begin(conn, &account, &key, &fingerprint).await? {
                 return Ok(replay);
             }
-            let totals = spending::lock_totals(conn, user.as_str()).await?;
+            let totals = spending::lock_totals(conn, account.key(), user.as_str()).await?;
             let grant_id = super::new_id("grant");
             let entry_key = format!("grant:{grant_id}");
             let appended = ledger::append_entry(
                 conn,
                 &NewEntry {
+                    account: account.key(),
                     user_id: user.as_str(),
                     delta: amount,
                     reason: "grant",
@@ -124,7 +128,7 @@ pub async fn grant(
                 held: totals.held,
                 available: appended.credits_after - totals.held,
             });
-            idempotency::finish(conn, &key, StatusCode::CREATED, body).await
+            idempotency::finish(conn, &account, &key, StatusCode::CREATED, body).await
         })
         .await?;
     Ok(answer.into_response())

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::{
     Authorized,
+    account::{AccountParam, Scope},
     idempotency::{self, Answer, IdempotencyKey},
     openapi::ErrorBody,
 };
@@ -22,6 +23,7 @@ use crate::{
         ledger::{self, NewEntry},
         spending,
     },
+    domain::account::Account,
     error::ApiError,
     http::AppState,
 };
@@ -129,13 +131,14 @@ pub struct HoldView {
     tag = "spending",
     params(
         ("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"),
+        AccountParam,
         ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = HoldRequest,
     responses(
         (status = 201, description = "Reserved", body = NewHold,
          headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
-        (status = 400, description = "Bad body, user id or Idempotency-Key", body = ErrorBody),
+        (status = 400, description = "Bad body, user id, account or Idempotency-Key", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "`insufficient_credits`, with `available`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
@@ -148,6 +151,7 @@ pub async fn create(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
     key: IdempotencyKey,
     body: web::Json<HoldRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -166,10 +170,10 @@ pub async fn create(
     let conn: &mut AsyncPgConnection = &mut conn;
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
-            if let Some(replay) = idempotency::begin(conn, &key, &fingerprint).await? {
+            if let Some(replay) = idempotency::begin(conn, &account, &key, &fingerprint).await? {
                 return Ok(replay);
             }
-            let totals = spending::lock_totals(conn, user.as_str()).await?;
+            let totals = spending::lock_totals(conn, account.key(), user.as_str()).await?;
             if amount > totals.available() {
                 return Err(ApiError::InsufficientCredits {
                     available: totals.available(),
@@ -179,6 +183,7 @@ pub async fn create(
             let hold = holds::insert(
                 conn,
                 &hold_id,
+                account.key(),
                 user.as_str(),
                 amount,
                 ttl,
@@ -196,7 +201,7 @@ pub async fn create(
                 held,
                 available: totals.credits - held,
             });
-            idempotency::finish(conn, &key, StatusCode::CREATED, body).await
+            idempotency::finish(conn, &account, &key, StatusCode::CREATED, body).await
         })
         .await?;
     Ok(answer.into_response())
@@ -206,11 +211,11 @@ pub async fn create(
     post,
     path = "/holds/{hold_id}/capture",
     tag = "spending",
-    params(("hold_id" = String, Path)),
+    params(("hold_id" = String, Path), AccountParam),
     request_body(content = Option<CaptureRequest>, description = "Optional; empty takes the whole hold"),
     responses(
         (status = 200, description = "Captured (again: the same answer, nothing more taken)", body = Captured),
-        (status = 400, description = "Bad body or amount", body = ErrorBody),
+        (status = 400, description = "Bad body, amount or account", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`hold_not_active`, with `status` (released, expired)", body = ErrorBody),
@@ -222,6 +227,7 @@ pub async fn capture(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let hold_id = path.into_inner();
@@ -237,7 +243,7 @@ pub async fn capture(
     let conn: &mut AsyncPgConnection = &mut conn;
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
-            let (hold, unexpired) = locked(conn, &hold_id).await?;
+            let (hold, unexpired) = locked(conn, &account, &hold_id).await?;
             match HoldStatus::of(&hold.status, unexpired) {
                 HoldStatus::Captured => return Ok(settled(&hold)),
                 HoldStatus::Active => {}
@@ -258,6 +264,7 @@ pub async fn capture(
             let appended = ledger::append_entry(
                 conn,
                 &NewEntry {
+                    account: &hold.account,
                     user_id: &hold.user_id,
                     delta: -take,
                     reason: "debit",
@@ -270,10 +277,14 @@ pub async fn capture(
             .await?;
             let credits = match appended {
                 Some(a) => a.credits_after,
-                None => spending::totals(conn, &hold.user_id).await?.credits,
+                None => {
+                    spending::totals(conn, &hold.account, &hold.user_id)
+                        .await?
+                        .credits
+                }
             };
             // This hold still counts in `held` until it is settled below.
-            let held = spending::held(conn, &hold.user_id).await? - hold.amount;
+            let held = spending::held(conn, &hold.account, &hold.user_id).await? - hold.amount;
             let body = json!(Captured {
                 hold_id: hold.hold_id.clone(),
                 status: HoldStatus::Captured,
@@ -293,9 +304,10 @@ pub async fn capture(
     post,
     path = "/holds/{hold_id}/release",
     tag = "spending",
-    params(("hold_id" = String, Path)),
+    params(("hold_id" = String, Path), AccountParam),
     responses(
         (status = 200, description = "Released, or already expired (again: the same answer)", body = Released),
+        (status = 400, description = "Not a usable account", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`hold_not_active` (captured), with `status`", body = ErrorBody),
@@ -307,13 +319,14 @@ pub async fn release(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
 ) -> Result<HttpResponse, ApiError> {
     let hold_id = path.into_inner();
     let mut conn = state.pool.get().await?;
     let conn: &mut AsyncPgConnection = &mut conn;
     let answer = conn
         .transaction(async |conn: &mut AsyncPgConnection| {
-            let (hold, unexpired) = locked(conn, &hold_id).await?;
+            let (hold, unexpired) = locked(conn, &account, &hold_id).await?;
             let status = HoldStatus::of(&hold.status, unexpired);
             match status {
                 HoldStatus::Released => return Ok(settled(&hold)),
@@ -324,7 +337,7 @@ pub async fn release(
                 }
                 HoldStatus::Active | HoldStatus::Expired => {}
             }
-            let mut totals = spending::totals(conn, &hold.user_id).await?;
+            let mut totals = spending::totals(conn, &hold.account, &hold.user_id).await?;
             if status == HoldStatus::Active {
                 // Still counted until it is settled below.
                 totals.held -= hold.amount;
@@ -353,9 +366,10 @@ pub async fn release(
     get,
     path = "/holds/{hold_id}",
     tag = "spending",
-    params(("hold_id" = String, Path)),
+    params(("hold_id" = String, Path), AccountParam),
     responses(
         (status = 200, description = "The hold", body = HoldView),
+        (status = 400, description = "Not a usable account", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
@@ -366,11 +380,13 @@ pub async fn show(
     _: Authorized,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    Scope(account): Scope,
 ) -> Result<HttpResponse, ApiError> {
     let hold_id = path.into_inner();
     let mut conn = state.pool.get().await?;
     let (hold, unexpired) = holds::find(&mut conn, &hold_id)
         .await?
+        .filter(|(hold, _)| hold.account == account.key())
         .ok_or_else(|| not_found(&hold_id))?;
     Ok(HttpResponse::Ok().json(HoldView {
         status: HoldStatus::of(&hold.status, unexpired),
@@ -387,9 +403,15 @@ fn not_found(hold_id: &str) -> ApiError {
     ApiError::NotFound(format!("no hold {hold_id:?}"))
 }
 
-async fn locked(conn: &mut AsyncPgConnection, hold_id: &str) -> Result<(Hold, bool), ApiError> {
+/// The hold, locked, if it is `account`'s (another account's hold is not found).
+async fn locked(
+    conn: &mut AsyncPgConnection,
+    account: &Account,
+    hold_id: &str,
+) -> Result<(Hold, bool), ApiError> {
     holds::lock(conn, hold_id)
         .await?
+        .filter(|(hold, _)| hold.account == account.key())
         .ok_or_else(|| not_found(hold_id))
 }
 

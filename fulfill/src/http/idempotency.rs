@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     db::idempotency::{self, Claim},
+    domain::account::Account,
     error::ApiError,
 };
 
@@ -83,14 +84,15 @@ impl Answer {
     }
 }
 
-/// Claims the key in the caller's transaction: `Some(answer)` replays the first answer;
+/// Claims the key (each account has its own keys) in the caller's transaction: `Some(answer)` replays the first answer;
 /// a key used for another request is refused.
 pub async fn begin(
     conn: &mut AsyncPgConnection,
+    account: &Account,
     key: &IdempotencyKey,
     fingerprint: &str,
 ) -> Result<Option<Answer>, ApiError> {
-    match idempotency::claim(conn, key.as_str(), fingerprint).await? {
+    match idempotency::claim(conn, account.key(), key.as_str(), fingerprint).await? {
         Claim::New => Ok(None),
         Claim::Replay { status, response } => Ok(Some(Answer {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -104,11 +106,12 @@ pub async fn begin(
 /// Stores the answer under the key (same transaction) and returns it.
 pub async fn finish(
     conn: &mut AsyncPgConnection,
+    account: &Account,
     key: &IdempotencyKey,
     status: StatusCode,
     body: Value,
 ) -> Result<Answer, ApiError> {
-    idempotency::complete(conn, key.as_str(), status.as_u16(), &body).await?;
+    idempotency::complete(conn, account.key(), key.as_str(), status.as_u16(), &body).await?;
     Ok(Answer::new(status, body))
 }
 

@@ -7,7 +7,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{Authorized, openapi::ErrorBody};
+use super::{
+    Authorized,
+    account::{AccountParam, Scope},
+    openapi::ErrorBody,
+};
 use crate::{db::ledger, error::ApiError, http::AppState};
 
 #[derive(Deserialize, IntoParams)]
@@ -31,7 +35,7 @@ fn default_limit() -> i64 {
     get,
     path = "/users/{user_id}/ledger",
     tag = "spending",
-    params(("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"), Page),
+    params(("user_id" = String, Path, description = "The website's user id", pattern = r"^(?=.*\S)[^\u0000-\u001F\u007F-\u009F]{1,500}$"), Page, AccountParam),
     responses(
         (status = 200, description = "Entries, oldest first", body = Vec<ledger::Entry>,
          headers(
@@ -49,6 +53,7 @@ pub async fn ledger(
     state: web::Data<AppState>,
     path: web::Path<String>,
     page: web::Query<Page>,
+    scope: Scope,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let user = super::user_id(path.into_inner())?;
@@ -61,7 +66,14 @@ pub async fn ledger(
         ));
     }
     let mut conn = state.pool.get().await?;
-    let entries = ledger::entries(&mut conn, user.as_str(), page.after, page.limit).await?;
+    let entries = ledger::entries(
+        &mut conn,
+        scope.0.key(),
+        user.as_str(),
+        page.after,
+        page.limit,
+    )
+    .await?;
     let mut response = HttpResponse::Ok();
     if let Some(last) = entries.last()
         && i64::try_from(entries.len()).unwrap_or(i64::MAX) == page.limit
@@ -70,10 +82,11 @@ pub async fn ledger(
         response.insert_header((
             "Link",
             format!(
-                "<{}?after={}&limit={}>; rel=\"next\"",
+                "<{}?after={}&limit={}{}>; rel=\"next\"",
                 request.path(),
                 last.id,
-                page.limit
+                page.limit,
+                scope.query_suffix()
             ),
         ));
     }

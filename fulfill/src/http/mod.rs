@@ -3,6 +3,7 @@
 //! Every path is a resource whose other methods answer 405; unknown paths answer 404;
 //! bad paths, query strings and bodies 400 — all with the JSON error body.
 
+mod account;
 mod attention;
 mod auth;
 mod balance;

@@ -12,7 +12,7 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use super::{balance, debits, grants, holds, ledger};
+use super::{account::AccountParam, balance, debits, grants, holds, ledger};
 
 /// Every error: `error` for people, `code` for machines, plus the named extras.
 #[derive(Debug, Serialize, ToSchema)]
@@ -113,10 +113,10 @@ pub struct ReadinessDoc {
     post,
     path = "/checkout/sessions/{session_id}/fulfill",
     tag = "checkout",
-    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)", pattern = "^cs_[A-Za-z0-9_]{1,252}$")),
+    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)", pattern = "^cs_[A-Za-z0-9_]{1,252}$"), AccountParam),
     responses(
         (status = 200, description = "Fulfilled (idempotent; safe to race the webhook)", body = FulfillmentStateDoc),
-        (status = 400, description = "Not a Checkout Session id", body = ErrorBody),
+        (status = 400, description = "Not a Checkout Session id, or not a usable account", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "Stripe does not know the session", body = ErrorBody),
         (status = 409, description = "The session belongs to the other Stripe mode (`wrong_mode`)", body = ErrorBody),
@@ -132,10 +132,10 @@ fn fulfill_session() {}
     get,
     path = "/checkout/sessions/{session_id}",
     tag = "checkout",
-    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)", pattern = "^cs_[A-Za-z0-9_]{1,252}$")),
+    params(("session_id" = String, Path, description = "A Checkout Session id (cs_…)", pattern = "^cs_[A-Za-z0-9_]{1,252}$"), AccountParam),
     responses(
         (status = 200, description = "What fulfill recorded (no Stripe call)", body = FulfillmentStateDoc),
-        (status = 400, description = "Not a Checkout Session id", body = ErrorBody),
+        (status = 400, description = "Not a Checkout Session id, or not a usable account", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No record of the session", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),

@@ -45,14 +45,18 @@ impl StripeError {
         }
     }
 
-    /// 401 (key revoked or rolled) or 403 (restricted key lacking a permission).
+    /// 401 (key revoked or rolled) or 403 (restricted key lacking a permission). Not
+    /// `account_invalid`: a connected account that revoked the platform's access (or
+    /// never granted it) is that account's fault, not the key's, and must not stop the
+    /// whole stream.
     pub fn is_key_rejected(&self) -> bool {
         matches!(
             self,
             Self::Api {
                 status: 401 | 403,
+                code,
                 ..
-            }
+            } if code.as_deref() != Some("account_invalid")
         )
     }
 

@@ -7,8 +7,9 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-/// A GET to repeat: path and query pairs.
-pub type Probe = (String, Vec<(String, String)>);
+/// A GET to repeat: the connected account it was made for (`None`: the platform), path
+/// and query pairs.
+pub type Probe = (Option<String>, String, Vec<(String, String)>);
 
 /// Shared by the Stripe client (which sees the rejections), the consumer (which stops and
 /// probes) and readiness.
@@ -33,10 +34,11 @@ impl KeyHealth {
         *self.rejected.borrow()
     }
 
-    /// Stripe refused the key on `path` with `query`.
-    pub fn reject(&self, path: &str, query: &[(&str, &str)]) {
+    /// Stripe refused the key on `path` with `query` (for `account`, if any).
+    pub fn reject(&self, account: Option<&str>, path: &str, query: &[(&str, &str)]) {
         if let Ok(mut probe) = self.probe.lock() {
             *probe = Some((
+                account.map(str::to_owned),
                 path.to_owned(),
                 query
                     .iter()

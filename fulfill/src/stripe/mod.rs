@@ -2,6 +2,10 @@
 //! retries with exponential backoff and jitter that honour `Stripe-Should-Retry` and
 //! `Retry-After`. <https://docs.stripe.com/error-low-level#idempotency> explains which
 //! failures are safe to retry; every call here is a GET, so all are.
+//!
+//! A client is the platform's, or scoped to one Connect account ([`StripeClient::for_account`]):
+//! then every call carries `Stripe-Account` and spends that account's budget.
+//! <https://docs.stripe.com/connect/authentication#stripe-account-header>
 
 pub mod charge;
 pub mod checkout_session;
@@ -24,7 +28,10 @@ use tracing::{Instrument, field::Empty};
 pub use self::error::StripeError;
 pub use self::rate_limit::RateLimiter;
 pub use self::{key::KeyHealth, mode::StripeMode};
-use crate::metrics::{Metrics, StripeLabels};
+use crate::{
+    domain::account::Account,
+    metrics::{Metrics, StripeLabels},
+};
 
 /// The API version our models are built against (that of the real delivered event).
 pub const STRIPE_VERSION: &str = "2025-04-30.basil";
@@ -51,6 +58,8 @@ pub struct StripeClient {
     limiter: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
     key: Arc<KeyHealth>,
+    /// Whose objects: the platform's, or a connected account's (`Stripe-Account`).
+    account: Account,
 }
 
 #[derive(Deserialize)]
@@ -94,7 +103,22 @@ impl StripeClient {
             limiter,
             metrics,
             key,
+            account: Account::PLATFORM,
         })
+    }
+
+    /// The same client for `account`'s objects: every call carries `Stripe-Account` (none
+    /// for the platform) and spends that account's budget.
+    pub fn for_account(&self, account: &Account) -> Self {
+        Self {
+            account: account.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// The account this client calls for.
+    pub fn account(&self) -> &Account {
+        &self.account
     }
 
     /// The key's mode.
@@ -105,15 +129,19 @@ impl StripeClient {
     /// Repeats the call Stripe last refused the key on; true once it is accepted (any
     /// answer but 401/403), when it clears the rejection.
     pub async fn probe_key(&self) -> bool {
-        let Some((path, query)) = self.key.probe() else {
+        let Some((account, path, query)) = self.key.probe() else {
             self.key.accept();
             return true;
+        };
+        let client = match Account::parse(account.as_deref()) {
+            Ok(account) => self.for_account(&account),
+            Err(_) => self.clone(),
         };
         let query: Vec<(&str, &str)> = query
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match self
+        match client
             .get_once::<serde_json::Value>("key.probe", &path, &query, 0)
             .await
         {
@@ -133,8 +161,8 @@ impl StripeClient {
     /// instead of waiting longer.
     pub async fn reserve(&self, max_wait: Option<Duration>) -> Result<(), StripeError> {
         match max_wait {
-            None => self.limiter.acquire().await,
-            Some(bound) => self.limiter.acquire_within(bound).await,
+            None => self.limiter.acquire(&self.account).await,
+            Some(bound) => self.limiter.acquire_within(&self.account, bound).await,
         }
     }
 
@@ -158,7 +186,7 @@ impl StripeClient {
                     {
                         // Someone else on the account spends budget too: everybody waits.
                         self.limiter
-                            .pause_all(retry_after.unwrap_or(Duration::from_secs(1)))
+                            .pause_all(&self.account, retry_after.unwrap_or(Duration::from_secs(1)))
                             .await;
                     }
                     let delay = e
@@ -191,7 +219,7 @@ impl StripeClient {
         attempt: u32,
     ) -> Result<T, StripeError> {
         let waiting = std::time::Instant::now();
-        self.limiter.acquire().await?;
+        self.limiter.acquire(&self.account).await?;
         self.metrics
             .stripe_budget_wait_seconds
             .observe(waiting.elapsed().as_secs_f64());
@@ -215,14 +243,15 @@ impl StripeClient {
         query: &[(&str, &str)],
     ) -> Result<T, StripeError> {
         let started = std::time::Instant::now();
-        let sent = self
+        let mut request = self
             .http
             .get(url)
             .bearer_auth(self.config.secret_key.expose_secret())
-            .header("Stripe-Version", STRIPE_VERSION)
-            .query(query)
-            .send()
-            .await;
+            .header("Stripe-Version", STRIPE_VERSION);
+        if let Some(account) = self.account.id() {
+            request = request.header("Stripe-Account", account);
+        }
+        let sent = request.query(query).send().await;
         let result = match sent {
             Err(e) => Err(StripeError::Transport(e)),
             Ok(response) => {
@@ -246,6 +275,7 @@ impl StripeClient {
             }
             self.metrics.stripe_key_rejections.inc();
             self.key.reject(
+                self.account.id(),
                 url.trim_start_matches(self.config.api_base.trim_end_matches('/')),
                 query,
             );

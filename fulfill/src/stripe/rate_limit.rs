@@ -11,6 +11,13 @@
 //! slot out for everyone. Per-process shares (rate ÷ replicas) were the alternative: they
 //! waste budget whenever fewer replicas run than planned and overspend when more do.
 //!
+//! Stripe measures its limits per account (<https://docs.stripe.com/rate-limits>: "per
+//! Stripe account"), and a request made with `Stripe-Account` is made as the connected
+//! account: a Connect platform has one budget for itself and one per connected account,
+//! each of `STRIPE_RATE_LIMIT`. So the budget is per account: the platform's row is
+//! `stripe`, a connected account's `stripe:acct_…` (created on its first call), and one
+//! busy connected account never slows another, nor the platform.
+//!
 //! `Local` is the same algorithm in memory, for a process that has the budget to itself.
 //!
 //! Nothing can push the next slot further out than [`MAX_PAUSE`] from now: not a
@@ -22,12 +29,15 @@
 //! slot before the session's fetch lease, so nobody holds a lease while queueing for
 //! budget, and the success page refuses to queue beyond a bound ([`RateLimiter::acquire_within`]).
 
-use std::{cell::Cell, future::Future, time::Duration};
+use std::{cell::Cell, collections::HashMap, future::Future, time::Duration};
 
 use tokio::{sync::Mutex, time::Instant};
 
 use super::StripeError;
-use crate::db::{Pool, budget};
+use crate::{
+    db::{Pool, budget},
+    domain::account::Account,
+};
 
 /// The longest any caller waits for budget, and the furthest a pause reaches.
 pub const MAX_PAUSE: Duration = Duration::from_secs(60);
@@ -56,7 +66,8 @@ pub fn capped(pause: Duration) -> Duration {
 pub enum RateLimiter {
     Local {
         interval: Duration,
-        next: Mutex<Instant>,
+        /// The next free slot, per account.
+        next: Mutex<HashMap<Account, Instant>>,
     },
     Shared {
         pool: Pool,
@@ -78,7 +89,7 @@ impl RateLimiter {
     pub fn local(per_second: f64) -> Self {
         Self::Local {
             interval: interval(per_second),
-            next: Mutex::new(Instant::now()),
+            next: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,29 +101,39 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for this caller's slot (or spends the one taken ahead, see [`prepaid`]).
-    pub async fn acquire(&self) -> Result<(), StripeError> {
+    /// Waits for this caller's slot in `account`'s budget (or spends the one taken ahead,
+    /// see [`prepaid`]).
+    pub async fn acquire(&self, account: &Account) -> Result<(), StripeError> {
         if spend_prepaid() {
             return Ok(());
         }
-        self.take(None).await.map(drop)
+        self.take(account, None).await.map(drop)
     }
 
     /// Takes a slot only if it is at most `bound` away; otherwise takes nothing and says
     /// how long until the next free slot (the success page answers 503 with it).
-    pub async fn acquire_within(&self, bound: Duration) -> Result<(), StripeError> {
-        match self.take(Some(bound)).await? {
+    pub async fn acquire_within(
+        &self,
+        account: &Account,
+        bound: Duration,
+    ) -> Result<(), StripeError> {
+        match self.take(account, Some(bound)).await? {
             None => Ok(()),
             Some(retry_after) => Err(StripeError::BudgetBusy { retry_after }),
         }
     }
 
     /// `Some(wait)` when `bound` was given and the slot is further away (nothing taken).
-    async fn take(&self, bound: Option<Duration>) -> Result<Option<Duration>, StripeError> {
+    async fn take(
+        &self,
+        account: &Account,
+        bound: Option<Duration>,
+    ) -> Result<Option<Duration>, StripeError> {
         let wait = match self {
             Self::Local { interval, next } => {
-                let mut next = next.lock().await;
+                let mut slots = next.lock().await;
                 let now = Instant::now();
+                let next = slots.entry(account.clone()).or_insert(now);
                 let slot = (*next).max(now).min(now + MAX_PAUSE);
                 let wait = slot - now;
                 if bound.is_some_and(|b| wait > b) {
@@ -126,9 +147,15 @@ impl RateLimiter {
                     .get()
                     .await
                     .map_err(|e| StripeError::Budget(e.to_string()))?;
-                match budget::take_slot(&mut conn, *interval, MAX_PAUSE, bound)
-                    .await
-                    .map_err(|e| StripeError::Budget(e.to_string()))?
+                match budget::take_slot(
+                    &mut conn,
+                    &account.budget_name(),
+                    *interval,
+                    MAX_PAUSE,
+                    bound,
+                )
+                .await
+                .map_err(|e| StripeError::Budget(e.to_string()))?
                 {
                     budget::Slot::Taken(wait) => wait,
                     budget::Slot::TooFar(wait) => return Ok(Some(wait)),
@@ -142,17 +169,21 @@ impl RateLimiter {
         Ok(None)
     }
 
-    /// Stripe said 429: nobody calls again before `pause` (at most [`MAX_PAUSE`]) has passed.
-    pub async fn pause_all(&self, pause: Duration) {
+    /// Stripe said 429 for `account`: nobody calls for it again before `pause` (at most
+    /// [`MAX_PAUSE`]) has passed.
+    pub async fn pause_all(&self, account: &Account, pause: Duration) {
         let pause = capped(pause);
         match self {
             Self::Local { next, .. } => {
-                let mut next = next.lock().await;
-                *next = (*next).max(Instant::now() + pause);
+                let mut slots = next.lock().await;
+                let now = Instant::now();
+                let next = slots.entry(account.clone()).or_insert(now);
+                *next = (*next).max(now + pause);
             }
             Self::Shared { pool, .. } => {
                 if let Ok(mut conn) = pool.get().await {
-                    let _ = budget::pause(&mut conn, pause, MAX_PAUSE).await;
+                    let _ =
+                        budget::pause(&mut conn, &account.budget_name(), pause, MAX_PAUSE).await;
                 }
             }
         }
@@ -163,12 +194,14 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    const P: Account = Account::PLATFORM;
+
     #[tokio::test(start_paused = true)]
     async fn spaces_calls_at_the_configured_rate() {
         let limiter = RateLimiter::local(10.0);
         let start = Instant::now();
         for _ in 0..21 {
-            limiter.acquire().await.unwrap();
+            limiter.acquire(&P).await.unwrap();
         }
         // 21 calls at 10/s: the first is immediate, the last 2 s later.
         assert_eq!(start.elapsed(), Duration::from_secs(2));
@@ -178,8 +211,8 @@ mod tests {
     async fn a_pause_delays_the_next_call() {
         let limiter = RateLimiter::local(100.0);
         let start = Instant::now();
-        limiter.pause_all(Duration::from_secs(1)).await;
-        limiter.acquire().await.unwrap();
+        limiter.pause_all(&P, Duration::from_secs(1)).await;
+        limiter.acquire(&P).await.unwrap();
         assert!(start.elapsed() >= Duration::from_secs(1));
     }
 
@@ -187,18 +220,18 @@ mod tests {
     async fn an_hour_of_retry_after_pauses_for_the_cap_only() {
         let limiter = RateLimiter::local(100.0);
         let start = Instant::now();
-        limiter.pause_all(Duration::from_secs(3600)).await;
-        limiter.acquire().await.unwrap();
+        limiter.pause_all(&P, Duration::from_secs(3600)).await;
+        limiter.acquire(&P).await.unwrap();
         assert_eq!(start.elapsed(), MAX_PAUSE);
     }
 
     #[tokio::test(start_paused = true)]
     async fn refuses_to_queue_beyond_the_bound_and_takes_nothing() {
         let limiter = RateLimiter::local(1.0);
-        limiter.acquire().await.unwrap();
+        limiter.acquire(&P).await.unwrap();
         // The next slot is 1 s away: too far for 100 ms, fine for 2 s.
         let start = Instant::now();
-        match limiter.acquire_within(Duration::from_millis(100)).await {
+        match limiter.acquire_within(&P, Duration::from_millis(100)).await {
             Err(StripeError::BudgetBusy { retry_after }) => {
                 assert!(retry_after > Duration::from_millis(100), "{retry_after:?}");
             }
@@ -206,7 +239,7 @@ mod tests {
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         limiter
-            .acquire_within(Duration::from_secs(2))
+            .acquire_within(&P, Duration::from_secs(2))
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -216,13 +249,31 @@ mod tests {
     async fn a_prepaid_slot_is_spent_by_the_first_call_only() {
         let limiter = RateLimiter::local(1.0);
         let start = Instant::now();
-        limiter.acquire().await.unwrap();
+        limiter.acquire(&P).await.unwrap();
         prepaid(async {
-            limiter.acquire().await.unwrap();
+            limiter.acquire(&P).await.unwrap();
             assert_eq!(start.elapsed(), Duration::ZERO);
-            limiter.acquire().await.unwrap();
+            limiter.acquire(&P).await.unwrap();
             assert_eq!(start.elapsed(), Duration::from_secs(1));
         })
         .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_account_has_its_own_budget() {
+        let limiter = RateLimiter::local(1.0);
+        let a = Account::parse(Some("acct_A")).unwrap();
+        let b = Account::parse(Some("acct_B")).unwrap();
+        let start = Instant::now();
+        limiter.acquire(&P).await.unwrap();
+        limiter.acquire(&a).await.unwrap();
+        limiter.acquire(&b).await.unwrap();
+        // One call each, all at once: none waits for another's budget.
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        limiter.pause_all(&a, Duration::from_secs(30)).await;
+        limiter.acquire(&b).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        limiter.acquire(&a).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
     }
 }

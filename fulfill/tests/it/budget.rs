@@ -62,10 +62,10 @@ async fn no_pause_or_clock_step_holds_the_budget_past_the_cap() {
     let interval = Duration::from_millis(10);
 
     // A Retry-After of an hour (from Stripe or anything between).
-    budget::pause(&mut conn, Duration::from_secs(3600), MAX_PAUSE)
+    budget::pause(&mut conn, "stripe", Duration::from_secs(3600), MAX_PAUSE)
         .await
         .unwrap();
-    match budget::take_slot(&mut conn, interval, MAX_PAUSE, None)
+    match budget::take_slot(&mut conn, "stripe", interval, MAX_PAUSE, None)
         .await
         .unwrap()
     {
@@ -80,7 +80,7 @@ async fn no_pause_or_clock_step_holds_the_budget_past_the_cap() {
     .execute(&mut conn)
     .await
     .unwrap();
-    match budget::take_slot(&mut conn, interval, MAX_PAUSE, None)
+    match budget::take_slot(&mut conn, "stripe", interval, MAX_PAUSE, None)
         .await
         .unwrap()
     {
@@ -88,9 +88,15 @@ async fn no_pause_or_clock_step_holds_the_budget_past_the_cap() {
         other => panic!("{other:?}"),
     }
     // And with a bound, a far slot is refused without being taken.
-    match budget::take_slot(&mut conn, interval, MAX_PAUSE, Some(Duration::from_secs(1)))
-        .await
-        .unwrap()
+    match budget::take_slot(
+        &mut conn,
+        "stripe",
+        interval,
+        MAX_PAUSE,
+        Some(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap()
     {
         Slot::TooFar(wait) => {
             assert!(wait > Duration::from_secs(1) && wait <= MAX_PAUSE + interval * 2)

@@ -6,6 +6,7 @@
 
 mod api;
 mod budget;
+mod connect;
 mod convergence;
 mod credits_rule;
 mod delivery;

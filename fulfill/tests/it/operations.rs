@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fake_stripe::{PriceSpec, SessionSpec};
-use fulfill::{dlq::DeadLetters, reconcile};
+use fulfill::{dlq::DeadLetters, domain::account::Account, reconcile};
 use futures_util::future::join_all;
 
 use crate::helpers::{Options, World};
@@ -27,9 +27,13 @@ async fn reconcile_credits_what_webhooks_missed_exactly_once() {
     app.assert_balance_settles(&world.client, "healed", 10)
         .await;
 
-    let report = reconcile::run(&services, Some(Duration::from_secs(3600)))
-        .await
-        .unwrap();
+    let report = reconcile::run(
+        &services,
+        &Account::PLATFORM,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.healed, 2, "{report}");
     assert_eq!(report.errors, 0);
     assert_eq!(app.balance(&world.client, "healed").await, 40);
@@ -39,7 +43,9 @@ async fn reconcile_credits_what_webhooks_missed_exactly_once() {
 
     // A second run heals nothing and asks Stripe about no settled session.
     let fetches = world.stripe.stats().session_fetches;
-    let again = reconcile::run(&services, None).await.unwrap();
+    let again = reconcile::run(&services, &Account::PLATFORM, None)
+        .await
+        .unwrap();
     assert_eq!((again.healed, again.errors), (0, 0), "{again}");
     assert_eq!(world.stripe.stats().session_fetches, fetches);
     app.assert_balance_settles(&world.client, "healed", 40)
@@ -68,7 +74,11 @@ async fn reconcile_racing_late_webhooks_still_credits_once() {
     );
     let (_, report) = tokio::join!(
         webhooks,
-        reconcile::run(&services, Some(Duration::from_secs(600)))
+        reconcile::run(
+            &services,
+            &Account::PLATFORM,
+            Some(Duration::from_secs(600))
+        )
     );
     assert_eq!(report.unwrap().errors, 0);
     app.assert_balance_settles(&world.client, "racer", 15).await;
@@ -86,9 +96,13 @@ async fn reconcile_refuses_a_window_beyond_stripes_event_retention() {
     let world = World::new().await;
     let _app = world.start(&Options::default()).await;
     let services = world.services(&Options::default());
-    let err = reconcile::run(&services, Some(Duration::from_secs(31 * 86_400)))
-        .await
-        .unwrap_err();
+    let err = reconcile::run(
+        &services,
+        &Account::PLATFORM,
+        Some(Duration::from_secs(31 * 86_400)),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("30 days"), "{err}");
 }
 

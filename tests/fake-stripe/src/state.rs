@@ -455,11 +455,7 @@ impl State {
         event_type: &str,
     ) -> Option<(String, Vec<u8>)> {
         let session = self.session(session_id)?;
-        let id = random_id("evt_", 24);
-        let event = objects::event_json(&id, event_type, crate::now(), session.to_json(), false);
-        let body = serde_json::to_vec_pretty(&event).ok()?;
-        self.lock().events.push(event);
-        Some((id, body))
+        Some(self.record_event(event_type, session.to_json()))
     }
 
     /// Records an arbitrary event (for reversals and reconciliation tests). An event about
