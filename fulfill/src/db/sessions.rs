@@ -15,8 +15,8 @@ pub use crate::domain::session::SessionState;
 #[diesel(table_name = checkout_sessions)]
 pub struct SessionRow {
     pub session_id: String,
-    /// The Connect account the session belongs to (`''`: the platform).
-    #[serde(skip)]
+    /// The Connect account the session belongs to (stored `''`, shown `null`: the platform).
+    #[serde(serialize_with = "account_or_null")]
     pub account: String,
     pub state: SessionState,
     pub user_id: Option<String>,
@@ -37,6 +37,14 @@ pub struct SessionRow {
     pub fetch_lease_until: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub view_started_at: Option<DateTime<Utc>>,
+}
+
+fn account_or_null<S: serde::Serializer>(account: &str, s: S) -> Result<S::Ok, S::Error> {
+    if account.is_empty() {
+        s.serialize_none()
+    } else {
+        s.serialize_str(account)
+    }
 }
 
 /// The fields a fulfillment run writes. `None` leaves a column as it is.

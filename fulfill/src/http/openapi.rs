@@ -70,6 +70,8 @@ pub struct FulfillmentStateDoc {
 #[schema(as = AttentionSession)]
 pub struct AttentionSessionDoc {
     pub session_id: String,
+    /// The Connect account (`acct_…`) the session belongs to; `null`: the platform's.
+    pub account: Option<String>,
     pub state: String,
     pub user_id: Option<String>,
     pub credits: Option<i64>,

@@ -407,4 +407,18 @@ mod tests {
         assert!(!api_error(StatusCode::BAD_REQUEST, &h, b"{}").is_transient());
         assert!(!api_error(StatusCode::UNAUTHORIZED, &h, b"{}").is_transient());
     }
+
+    #[test]
+    fn a_rejected_key_is_a_401_or_403_but_not_a_connected_accounts_revoked_access() {
+        let h = HeaderMap::new();
+        assert!(api_error(StatusCode::UNAUTHORIZED, &h, b"{}").is_key_rejected());
+        assert!(api_error(StatusCode::FORBIDDEN, &h, b"{}").is_key_rejected());
+        let revoked = api_error(
+            StatusCode::FORBIDDEN,
+            &h,
+            br#"{"error":{"code":"account_invalid","message":"no access to acct_1X"}}"#,
+        );
+        assert!(!revoked.is_key_rejected());
+        assert!(!revoked.is_transient(), "dead-lettered with its reason");
+    }
 }
