@@ -7,12 +7,13 @@
 //! [`append`] is the one write path of entries: in the same transaction it moves the
 //! balance (taking its row lock, which every spending decision also takes), numbers the
 //! entry in the user's `sequence`, creates or consumes credit lots ([`super::lots`]) and
-//! writes the credit event to the outbox ([`super::outbox`]).
+//! writes the credit event to the outbox ([`super::outbox`]), in two round trips.
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, Queryable, Selectable,
-    SelectableHelper, upsert::excluded,
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, Queryable, QueryableByName,
+    Selectable, SelectableHelper,
+    sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
@@ -88,76 +89,87 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
 }
 
 /// [`append`], returning what was written (`None`: the key existed, nothing changed).
+/// Call it in a transaction (every caller does): it takes the balance row lock first.
+///
+/// Two round trips in the normal case: one statement moves the balance and writes the
+/// entry numbered with the balance's new `sequence`; one writes the lots and the credit
+/// event. When the key exists already the balance move is undone under the same lock
+/// (a third round trip, only then).
 pub async fn append_entry(
     conn: &mut AsyncPgConnection,
     entry: &NewEntry<'_>,
 ) -> QueryResult<Option<Appended>> {
-    let inserted: Option<(i64, DateTime<Utc>)> = diesel::insert_into(ledger_entries::table)
-        .values((
-            ledger_entries::account.eq(entry.account),
-            ledger_entries::user_id.eq(entry.user_id),
-            ledger_entries::delta.eq(entry.delta),
-            ledger_entries::reason.eq(entry.reason),
-            ledger_entries::idempotency_key.eq(entry.idempotency_key),
-            ledger_entries::stripe_session_id.eq(entry.stripe_session_id),
-            ledger_entries::stripe_event_id.eq(entry.stripe_event_id),
-            ledger_entries::stripe_object_id.eq(entry.stripe_object_id),
-            ledger_entries::component.eq(entry.component.map(Component::as_str)),
-            ledger_entries::debit_id.eq(entry.debit_id),
-            ledger_entries::hold_id.eq(entry.hold_id),
-            ledger_entries::grant_id.eq(entry.grant_id),
-            ledger_entries::memo.eq(entry.memo),
-            ledger_entries::metadata.eq(entry.metadata),
-        ))
-        .on_conflict(ledger_entries::idempotency_key)
-        .do_nothing()
-        .returning((ledger_entries::id, ledger_entries::created_at))
-        .get_result(conn)
-        .await
-        .optional()?;
-    let Some((entry_id, created_at)) = inserted else {
-        return Ok(None);
-    };
-    let (credits_after, sequence): (i64, i64) = diesel::insert_into(balances::table)
-        .values((
-            balances::account.eq(entry.account),
-            balances::user_id.eq(entry.user_id),
-            balances::credits.eq(entry.delta),
-            balances::sequence.eq(1),
-        ))
-        .on_conflict((balances::account, balances::user_id))
-        .do_update()
-        .set((
-            balances::credits.eq(balances::credits + excluded(balances::credits)),
-            balances::sequence.eq(balances::sequence + 1),
-            balances::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning((balances::credits, balances::sequence))
-        .get_result(conn)
-        .await?;
-    diesel::update(ledger_entries::table.find(entry_id))
-        .set(ledger_entries::sequence.eq(sequence))
+    let written: Option<Written> = diesel::sql_query(
+        "WITH b AS ( \
+            INSERT INTO balances (account, user_id, credits, sequence) VALUES ($1, $2, $3, 1) \
+            ON CONFLICT (account, user_id) DO UPDATE \
+               SET credits = balances.credits + excluded.credits, \
+                   sequence = balances.sequence + 1, updated_at = now() \
+            RETURNING credits, sequence) \
+         INSERT INTO ledger_entries (account, user_id, delta, reason, idempotency_key, \
+                stripe_session_id, stripe_event_id, stripe_object_id, component, debit_id, \
+                hold_id, grant_id, memo, metadata, sequence) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, b.sequence FROM b \
+         ON CONFLICT (idempotency_key) DO NOTHING \
+         RETURNING id, created_at, sequence, (SELECT credits FROM b) AS credits_after",
+    )
+    .bind::<Text, _>(entry.account)
+    .bind::<Text, _>(entry.user_id)
+    .bind::<BigInt, _>(entry.delta)
+    .bind::<Text, _>(entry.reason)
+    .bind::<Text, _>(entry.idempotency_key)
+    .bind::<Nullable<Text>, _>(entry.stripe_session_id)
+    .bind::<Nullable<Text>, _>(entry.stripe_event_id)
+    .bind::<Nullable<Text>, _>(entry.stripe_object_id)
+    .bind::<Nullable<Text>, _>(entry.component.map(Component::as_str))
+    .bind::<Nullable<Text>, _>(entry.debit_id)
+    .bind::<Nullable<Text>, _>(entry.hold_id)
+    .bind::<Nullable<Text>, _>(entry.grant_id)
+    .bind::<Nullable<Text>, _>(entry.memo)
+    .bind::<Nullable<Jsonb>, _>(entry.metadata)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(written) = written else {
+        // The key exists: this entry was written before. Undo the balance move (the row
+        // is locked by it, so nothing came in between).
+        diesel::sql_query(
+            "UPDATE balances SET credits = credits - $3, sequence = sequence - 1 \
+             WHERE account = $1 AND user_id = $2",
+        )
+        .bind::<Text, _>(entry.account)
+        .bind::<Text, _>(entry.user_id)
+        .bind::<BigInt, _>(entry.delta)
         .execute(conn)
         .await?;
-    if entry.delta > 0 {
-        super::lots::create(conn, entry, entry_id, credits_after).await?;
-    } else if entry.delta < 0 {
-        super::lots::consume(
-            conn,
-            entry.account,
-            entry.user_id,
-            entry.stripe_session_id,
-            -entry.delta,
-        )
-        .await?;
-    }
-    let appended = Appended {
-        entry_id,
-        credits_after,
-        sequence,
+        return Ok(None);
     };
-    super::outbox::announce_entry(conn, entry, &appended, created_at).await?;
+    let appended = Appended {
+        entry_id: written.id,
+        credits_after: written.credits_after,
+        sequence: written.sequence,
+    };
+    let event = super::outbox::entry_row(entry, &appended, written.created_at);
+    if entry.delta > 0 {
+        super::lots::create(conn, entry, appended.entry_id, appended.credits_after).await?;
+        super::outbox::insert(conn, entry, &event).await?;
+    } else {
+        // A zero delta consumes nothing; the statement still writes the event.
+        super::lots::consume_and_announce(conn, entry, -entry.delta, &event).await?;
+    }
     Ok(Some(appended))
+}
+
+#[derive(QueryableByName)]
+struct Written {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    sequence: i64,
+    #[diesel(sql_type = BigInt)]
+    credits_after: i64,
 }
 
 /// The entry with this idempotency key, if written.

@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use diesel::{
     ExpressionMethods, QueryDsl, QueryResult, QueryableByName,
     dsl::sql,
-    sql_types::{BigInt, Nullable, Text},
+    sql_types::{BigInt, Jsonb, Nullable, Text},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{
     ledger::{LotSpec, NewEntry},
+    outbox::EntryRow,
     schema::credit_lots,
 };
 
@@ -82,29 +83,36 @@ pub(super) async fn create(
 
 /// Takes `amount` from the user's lots: the session's own lot first (a reversal takes
 /// back what that purchase gave), then the soonest-expiring, then those that never
-/// expire. Takes what there is when there is less (a reversal of spent credits).
-pub(super) async fn consume(
+/// expire. Takes what there is when there is less (a reversal of spent credits). The
+/// same statement writes the entry's credit event (`event`): one round trip.
+pub(super) async fn consume_and_announce(
     conn: &mut AsyncPgConnection,
-    account: &str,
-    user_id: &str,
-    session_id: Option<&str>,
+    entry: &NewEntry<'_>,
     amount: i64,
+    event: &EntryRow,
 ) -> QueryResult<()> {
     diesel::sql_query(
         "WITH ordered AS ( \
              SELECT id, remaining, \
                     sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $3, false) DESC, \
                                          expires_at ASC NULLS LAST, id) - remaining AS before \
-               FROM credit_lots WHERE account = $1 AND user_id = $2 AND remaining > 0) \
-         UPDATE credit_lots l \
-            SET remaining = l.remaining - LEAST(o.remaining, $4 - o.before) \
-           FROM ordered o \
-          WHERE l.id = o.id AND o.before < $4",
+               FROM credit_lots WHERE account = $1 AND user_id = $2 AND remaining > 0), \
+         consumed AS ( \
+             UPDATE credit_lots l \
+                SET remaining = l.remaining - LEAST(o.remaining, $4 - o.before) \
+               FROM ordered o \
+              WHERE l.id = o.id AND o.before < $4) \
+         INSERT INTO credit_events (event_id, routing_key, account, user_id, sequence, payload) \
+         VALUES ($5, $6, $1, $2, $7, $8)",
     )
-    .bind::<Text, _>(account)
-    .bind::<Text, _>(user_id)
-    .bind::<Nullable<Text>, _>(session_id)
+    .bind::<Text, _>(entry.account)
+    .bind::<Text, _>(entry.user_id)
+    .bind::<Nullable<Text>, _>(entry.stripe_session_id)
     .bind::<BigInt, _>(amount)
+    .bind::<Text, _>(&event.event_id)
+    .bind::<Text, _>(&event.routing_key)
+    .bind::<BigInt, _>(event.sequence)
+    .bind::<Jsonb, _>(&event.payload)
     .execute(conn)
     .await?;
     Ok(())

@@ -56,23 +56,44 @@ pub fn entry_event(
     })
 }
 
-pub(super) async fn announce_entry(
-    conn: &mut AsyncPgConnection,
+/// An entry's outbox row: event id, routing key and payload.
+pub(super) struct EntryRow {
+    pub event_id: String,
+    pub routing_key: String,
+    pub sequence: i64,
+    pub payload: Value,
+}
+
+pub(super) fn entry_row(
     entry: &NewEntry<'_>,
     appended: &Appended,
     created: DateTime<Utc>,
-) -> QueryResult<()> {
+) -> EntryRow {
     // Stable: a re-announcement after a crash carries the same id, for consumers' dedupe.
     let event_id = format!("ce_{}", appended.entry_id);
-    let payload = entry_event(&event_id, entry, appended, created);
+    EntryRow {
+        payload: entry_event(&event_id, entry, appended, created),
+        event_id,
+        routing_key: routing_key(entry.reason),
+        sequence: appended.sequence,
+    }
+}
+
+/// Writes an entry's row (for entries that do not consume lots; those write it with
+/// [`super::lots::consume_and_announce`], in the same statement).
+pub(super) async fn insert(
+    conn: &mut AsyncPgConnection,
+    entry: &NewEntry<'_>,
+    row: &EntryRow,
+) -> QueryResult<()> {
     diesel::insert_into(credit_events::table)
         .values((
-            credit_events::event_id.eq(&event_id),
-            credit_events::routing_key.eq(routing_key(entry.reason)),
+            credit_events::event_id.eq(&row.event_id),
+            credit_events::routing_key.eq(&row.routing_key),
             credit_events::account.eq(entry.account),
             credit_events::user_id.eq(entry.user_id),
-            credit_events::sequence.eq(appended.sequence),
-            credit_events::payload.eq(payload),
+            credit_events::sequence.eq(row.sequence),
+            credit_events::payload.eq(&row.payload),
         ))
         .execute(conn)
         .await?;

@@ -47,6 +47,10 @@ pub async fn lock_totals(
     let Some((credits, sequence)) = row else {
         return Ok(Totals::default());
     };
+    // A statement of its own, after the lock: under READ COMMITTED a query's snapshot is
+    // taken when it starts, so a held sum read in the locking statement itself would
+    // miss holds committed by the transaction it waited for (and overdraw; the test of
+    // concurrent debits and holds caught it). The locked row is re-read, a subquery not.
     Ok(Totals {
         credits,
         held: held(conn, account, user_id).await?,

@@ -320,3 +320,58 @@ async fn two_relaying_processes_announce_each_entry_once_in_per_user_order() {
         assert_eq!(seqs[u], expected, "{u}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_written_again_changes_nothing_balance_sequence_lots_or_events() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use fulfill::db::ledger::{self, NewEntry};
+
+    let world = World::new().await;
+    let _app = world.start(&Options::default()).await;
+    let mut conn = world.db.connect().await;
+    let entry = |delta, key| NewEntry {
+        user_id: "twice",
+        delta,
+        reason: if delta > 0 { "grant" } else { "debit" },
+        idempotency_key: key,
+        ..NewEntry::default()
+    };
+    for (delta, key) in [(10, "grant:twice"), (-4, "debit:twice")] {
+        for attempt in 0..2 {
+            let written = conn
+                .transaction(async |c: &mut AsyncPgConnection| {
+                    ledger::append_entry(c, &entry(delta, key)).await
+                })
+                .await
+                .unwrap();
+            assert_eq!(written.is_some(), attempt == 0, "{key} attempt {attempt}");
+        }
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        credits: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        sequence: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        lots: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        events: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        entries: i64,
+    }
+    let row: Row = diesel::sql_query(
+        "SELECT b.credits, b.sequence, \
+                (SELECT sum(remaining)::int8 FROM credit_lots WHERE user_id = 'twice') AS lots, \
+                (SELECT count(*) FROM credit_events WHERE user_id = 'twice') AS events, \
+                (SELECT count(*) FROM ledger_entries WHERE user_id = 'twice') AS entries \
+           FROM balances b WHERE b.user_id = 'twice'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (row.credits, row.sequence, row.lots, row.events, row.entries),
+        (6, 2, 6, 2, 2)
+    );
+}

@@ -4,6 +4,8 @@
 //! 2. Two fulfill processes; 10,000 users with credits; wrk with 64 connections (32 per
 //!    process), each request `POST /users/u<random>/debits` with a fresh Idempotency-Key:
 //!    debits per second, p50/p99, and the ratio to pgbench.
+//!    Then the same 64 connections paced to half that rate (each waits between requests):
+//!    the latency below saturation.
 //! 3. The same 64 connections on ONE user: the throughput of a single serialized balance
 //!    row; then a balance of 500 credits drained by 64 connections: exactly 500 debits
 //!    succeed, the balance ends at 0 (never below), the ledger holds each once.
@@ -38,8 +40,13 @@ fn wrk_debits(
     connections: usize,
     seconds: u64,
     tag: &str,
+    delay_ms: Option<u64>,
     dir: &std::path::Path,
 ) -> anyhow::Result<std::process::Child> {
+    // Paced: each connection waits this long after an answer before its next request.
+    let delay = delay_ms
+        .map(|ms| format!("function delay()\n  return {ms}\nend\n"))
+        .unwrap_or_default();
     let script = format!(
         r#"local counter = 0
 local threads = {{}}
@@ -59,7 +66,7 @@ function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout + summary.errors.status
   io.write(string.format("BENCH %d %d %d %f %f\n", summary.requests, errors, summary.duration, latency:percentile(50), latency:percentile(99)))
 end
-"#
+{delay}"#
     );
     let path = dir.join(format!("debits-{tag}.lua"));
     std::fs::write(&path, script)?;
@@ -109,6 +116,7 @@ fn load(
     users: u32,
     seconds: u64,
     tag: &str,
+    delay_ms: Option<u64>,
     dir: &std::path::Path,
 ) -> anyhow::Result<(f64, f64, f64, f64)> {
     let children: Vec<_> = ports
@@ -122,6 +130,7 @@ fn load(
                 64 / ports.len(),
                 seconds,
                 &format!("{tag}{i}"),
+                delay_ms,
                 dir,
             )
         })
@@ -247,21 +256,30 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     drop(reference);
 
     // Warm-up (connections, prepared statements), then the measured run.
-    load(&ports, "u", USERS, 2, "warm", &logs)?;
-    let (tps, failed, p50, p99) = load(&ports, "u", USERS, seconds, "many", &logs)?;
+    load(&ports, "u", USERS, 2, "warm", None, &logs)?;
+    let (tps, failed, p50, p99) = load(&ports, "u", USERS, seconds, "many", None, &logs)?;
     println!(
         "{USERS} users: {tps:.0} debits/s, p50 {p50:.2} ms, p99 {p99:.2} ms, {failed} failed; \
          {:.0} % of pgbench",
         100.0 * tps / pg
     );
-    let (one, failed_one, p50_one, p99_one) = load(&ports, "one", 1, seconds, "one", &logs)?;
+    // Below saturation: the same 64 connections offering about half that rate.
+    let delay = (64_000.0 / (tps / 2.0).max(1.0) - 2.0).max(1.0) as u64;
+    let (paced, failed_paced, p50_paced, p99_paced) =
+        load(&ports, "u", USERS, seconds, "paced", Some(delay), &logs)?;
+    println!(
+        "{USERS} users paced ({delay} ms between requests per connection): {paced:.0} debits/s \
+         ({:.0} % of pgbench), p50 {p50_paced:.2} ms, p99 {p99_paced:.2} ms, {failed_paced} failed",
+        100.0 * paced / pg
+    );
+    let (one, failed_one, p50_one, p99_one) = load(&ports, "one", 1, seconds, "one", None, &logs)?;
     println!(
         "one user: {one:.0} debits/s (one serialized balance row), p50 {p50_one:.2} ms, \
          p99 {p99_one:.2} ms, {failed_one} failed"
     );
     // Long enough to drain it at the one-row rate just measured, then keep pushing.
     let drain_secs = ((DRAIN as f64 / one.max(1.0)).ceil() as u64 + 3).min(60);
-    let (_, refused, _, _) = load(&ports, "drain", 1, drain_secs, "drain", &logs)?;
+    let (_, refused, _, _) = load(&ports, "drain", 1, drain_secs, "drain", None, &logs)?;
     let balance = scalar(
         &db,
         "SELECT credits AS n FROM balances WHERE user_id = 'drain1'",
