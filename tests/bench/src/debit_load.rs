@@ -33,16 +33,28 @@ struct WrkResult {
 
 /// wrk against one fulfill: `connections` clients posting debits of 1 credit to a random
 /// user among `users` (named `{user_prefix}{n}`), a unique Idempotency-Key per request.
+/// Who is debited: users `{prefix}1..={users}`; with `delay_ms`, each connection waits
+/// that long after an answer before its next request (paced, below saturation).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    prefix: &'a str,
+    users: u32,
+    delay_ms: Option<u64>,
+}
+
 fn wrk_debits(
     base: &str,
-    user_prefix: &str,
-    users: u32,
+    target: Target<'_>,
     connections: usize,
     seconds: u64,
     tag: &str,
-    delay_ms: Option<u64>,
     dir: &std::path::Path,
 ) -> anyhow::Result<std::process::Child> {
+    let Target {
+        prefix: user_prefix,
+        users,
+        delay_ms,
+    } = target;
     // Paced: each connection waits this long after an answer before its next request.
     let delay = delay_ms
         .map(|ms| format!("function delay()\n  return {ms}\nend\n"))
@@ -125,12 +137,14 @@ fn load(
         .map(|(i, port)| {
             wrk_debits(
                 &format!("http://127.0.0.1:{port}"),
-                user_prefix,
-                users,
+                Target {
+                    prefix: user_prefix,
+                    users,
+                    delay_ms,
+                },
                 64 / ports.len(),
                 seconds,
                 &format!("{tag}{i}"),
-                delay_ms,
                 dir,
             )
         })
