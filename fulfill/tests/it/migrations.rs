@@ -116,7 +116,7 @@ async fn rows_from_before_connect_are_the_platforms_and_keep_working() {
         )
         .execute(&mut conn)
         .unwrap();
-        sql_query(&format!(
+        sql_query(format!(
             "INSERT INTO idempotency_keys (key, fingerprint, status, response) \
              VALUES ('{k}', 'old-fingerprint', 201, '{{\"old\": true}}')"
         ))
