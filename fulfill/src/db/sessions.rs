@@ -80,12 +80,23 @@ pub async fn find(
 }
 
 /// Creates the row if needed and locks it until the caller's transaction ends, so that
-/// concurrent fulfillments of one session run one after the other.
+/// concurrent fulfillments of one session run one after the other. One round trip when
+/// the row exists (taking the fetch lease created it).
 pub async fn lock_or_create(
     conn: &mut AsyncPgConnection,
     account: &str,
     session_id: &str,
 ) -> QueryResult<SessionRow> {
+    if let Some(row) = checkout_sessions::table
+        .find(session_id)
+        .select(SessionRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+    {
+        return Ok(row);
+    }
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
@@ -110,6 +121,30 @@ pub async fn update(
 ) -> QueryResult<SessionRow> {
     diesel::update(checkout_sessions::table.find(session_id))
         .set((changes, checkout_sessions::updated_at.eq(diesel::dsl::now)))
+        .returning(SessionRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// [`update`] and [`release_fetch`] of the lease taken at `held_since`, in one statement.
+pub async fn update_and_release(
+    conn: &mut AsyncPgConnection,
+    session_id: &str,
+    changes: &SessionUpdate<'_>,
+    held_since: DateTime<Utc>,
+) -> QueryResult<SessionRow> {
+    let lease_end = held_since + FETCH_LEASE;
+    diesel::update(checkout_sessions::table.find(session_id))
+        .set((
+            changes,
+            checkout_sessions::updated_at.eq(diesel::dsl::now),
+            // Only the holder's own lease (as in `release_fetch`).
+            checkout_sessions::fetch_lease_until.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("CASE WHEN fetch_lease_until = ")
+            .bind::<diesel::sql_types::Timestamptz, _>(lease_end)
+            .sql(" THEN NULL ELSE fetch_lease_until END")),
+        ))
         .returning(SessionRow::as_returning())
         .get_result(conn)
         .await

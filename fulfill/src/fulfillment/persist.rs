@@ -101,6 +101,8 @@ pub(super) async fn apply(
     let payment_intent = view.session.payment_intent.as_ref().map(|p| p.id());
     let mut granted = 0;
     let mut taken_back = 0;
+    // The user's balance after the last entry written (each entry returns it).
+    let mut balance = None;
     if !plan.moves.is_empty() {
         let Some(user) = user.as_deref() else {
             return Err(FulfillError::Malformed(format!(
@@ -109,7 +111,7 @@ pub(super) async fn apply(
         };
         for m in &plan.moves {
             let key = m.key(session_id.as_str(), applied.entries(m.component) + 1);
-            let written = ledger::append(
+            let written = ledger::append_entry(
                 conn,
                 &NewEntry {
                     account: account.key(),
@@ -134,20 +136,17 @@ pub(super) async fn apply(
                 },
             )
             .await?;
-            if !written {
+            let Some(written) = written else {
                 // The row lock makes this unreachable; a unique key is the last guard.
                 return Err(FulfillError::Conflict(key));
-            }
+            };
+            balance = Some(written.credits_after);
             match m.component {
                 Component::Purchase => granted += m.delta,
                 Component::Refund | Component::Dispute => taken_back -= m.delta,
             }
         }
     }
-    let balance = match (&user, plan.moves.is_empty()) {
-        (Some(user), false) => Some(ledger::balance(conn, account.key(), user).await?),
-        _ => None,
-    };
     let balance_below_zero = balance.is_some_and(|b| b < 0);
     let newly_credited =
         row.state != SessionState::Credited && plan.state == SessionState::Credited;
@@ -200,8 +199,8 @@ pub(super) async fn apply(
         )
         .await?;
     }
-    let row = sessions::update(conn, session_id.as_str(), &update).await?;
-    sessions::release_fetch(conn, session_id.as_str(), view.started).await?;
+    let row =
+        sessions::update_and_release(conn, session_id.as_str(), &update, view.started).await?;
     let change = match (plan.moves.is_empty(), balance_below_zero) {
         (true, _) => LedgerChange::None,
         (false, false) => LedgerChange::Moved,
