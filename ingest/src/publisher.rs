@@ -8,11 +8,20 @@
 //! Each publish is `mandatory` and persistent and waits, bounded by a timeout, for its own
 //! confirm; many confirms are outstanding per channel at once, so requests do not queue
 //! behind each other. <https://www.rabbitmq.com/docs/confirms#publisher-confirms>
+//!
+//! A nack, a missing confirm or a channel error retires the whole connection, open as it
+//! may still look: the supervisor opens fresh channels, from the node list again. Nothing
+//! we declare nacks in normal operation (no queue has a length limit), and a channel can
+//! stay refused after a quorum queue's leader dies: RabbitMQ 3.10 builds a channel's
+//! client for a queue on its first publish there, from the leader the queue record names;
+//! a channel that publishes in the moment between the leader's death and the record
+//! naming the new one asks the dead node, is refused (nack), and asks it again on every
+//! publish after, until that node is back. Only a new channel reads the record again.
 
 use std::{
     sync::{
         Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -66,11 +75,15 @@ impl PublishError {
 struct Live {
     connection: Connection,
     channels: Vec<Channel>,
+    /// Set by a publish the broker refused or never confirmed (see the module doc).
+    retired: AtomicBool,
 }
 
 impl Live {
     fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+        !self.retired.load(Ordering::Relaxed)
+            && self.connection.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
     }
 }
 
@@ -179,11 +192,6 @@ impl Publisher {
             .publish_seconds
             .get_or_create(&ResultLabels { result: label })
             .observe(start.elapsed().as_secs_f64());
-        if let Err(e) = &result
-            && !matches!(e, PublishError::Unavailable)
-        {
-            self.inner.suspect.notify_one();
-        }
         result
     }
 
@@ -193,9 +201,27 @@ impl Publisher {
         body: &[u8],
     ) -> Result<(), PublishError> {
         let live = self.inner.current().ok_or(PublishError::Unavailable)?;
-        if live.channels.is_empty() {
+        if live.channels.is_empty() || !live.healthy() {
             return Err(PublishError::Unavailable);
         }
+        let result = self.publish_on(&live, envelope, body).await;
+        if let Err(e) = &result {
+            // A returned message says the topology is gone, not the channel; the rest
+            // (nack, no confirm, channel error) retire the connection.
+            if !matches!(e, PublishError::Returned) && !live.retired.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "publish not confirmed; opening fresh channels");
+            }
+            self.inner.suspect.notify_one();
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        live: &Live,
+        envelope: &EventEnvelope,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
         let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
         let channel = &live.channels[index];
         let now = SystemTime::now()
@@ -287,6 +313,7 @@ async fn open(
     Ok(Live {
         connection,
         channels: opened,
+        retired: AtomicBool::new(false),
     })
 }
 

@@ -7,7 +7,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
@@ -19,14 +19,14 @@ use shared::{
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::Context;
+use super::{Context, Publish};
 use crate::{
     domain::settlement::{self, RetryPolicy, Settlement},
     error::{FulfillError, error_chain},
     metrics::KindLabels,
 };
 
-pub(crate) async fn process(context: &Context, publish: &Channel, delivery: Delivery) {
+pub(crate) async fn process(context: &Context, publish: &Publish, delivery: Delivery) {
     let event_type = delivery
         .properties
         .kind()
@@ -90,7 +90,7 @@ fn consumer_span(
 /// does it: ack, or a confirmed copy to the retry or dead-letter queue and then the ack.
 async fn settle(
     context: &Context,
-    publish: &Channel,
+    publish: &Publish,
     delivery: Delivery,
     event_type: &str,
     attempts: u32,
@@ -207,15 +207,17 @@ async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
 }
 
 /// Publishes a copy to `queue` (default exchange), waits for the confirm, then acks the
-/// original. If the copy is not confirmed, the original is requeued instead.
+/// original. If the copy is not confirmed, the original is requeued instead and the
+/// connection is retired ([`Publish::retire`]): a refused channel may stay refused.
 async fn republish(
-    publish: &Channel,
+    publish: &Publish,
     queue: &str,
     delivery: &Delivery,
     props: BasicProperties,
 ) -> Result<(), lapin::Error> {
     let confirmed = async {
         publish
+            .channel
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(queue),
@@ -234,6 +236,7 @@ async fn republish(
         Ok(lapin::Confirmation::Ack(None)) => ack(delivery).await,
         other => {
             tracing::warn!(?other, queue, "copy not confirmed; requeueing the original");
+            publish.retire();
             delivery
                 .nack(BasicNackOptions {
                     requeue: true,

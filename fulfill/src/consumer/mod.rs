@@ -49,6 +49,31 @@ pub(crate) struct Context {
     pub stripe: StripeClient,
 }
 
+/// The confirm channel retry and dead-letter copies go through, and the signal that it
+/// can no longer be trusted: a copy the broker refused or never confirmed ends consuming
+/// on this connection, and the supervisor opens fresh channels (from the node list
+/// again). On RabbitMQ 3.10 a channel that first publishes to a quorum queue just after
+/// its leader died keeps asking the dead node, refused on every publish, until that node
+/// is back; only a new channel reads the queue's new leader.
+pub(crate) struct Publish {
+    channel: Channel,
+    retired: CancellationToken,
+}
+
+impl Publish {
+    fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            retired: CancellationToken::new(),
+        }
+    }
+
+    /// Ends consuming on this connection (see the type's doc).
+    pub(crate) fn retire(&self) {
+        self.retired.cancel();
+    }
+}
+
 /// Why consuming ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -125,12 +150,12 @@ async fn supervise(
                 connected.store(true, Ordering::SeqCst);
                 context.metrics.broker_connected.set(1);
                 tracing::info!(queue = %context.topology.checkout_queue(), "consuming");
-                let publish = Arc::new(publish);
+                let publish = Arc::new(Publish::new(publish));
                 let ended =
                     consume_until_lost(&context, &consume, Arc::clone(&publish), &stop).await;
                 connected.store(false, Ordering::SeqCst);
                 context.metrics.broker_connected.set(0);
-                for channel in [&consume, publish.as_ref()] {
+                for channel in [&consume, &publish.channel] {
                     if channel.status().connected() {
                         let _ = channel.close(200, ShortString::from("bye")).await;
                     }
@@ -183,6 +208,11 @@ async fn wait_for_key(context: &Context, stop: &CancellationToken) -> bool {
     }
 }
 
+fn retired() -> Ended {
+    tracing::warn!("a copy was not confirmed; opening fresh channels");
+    Ended::Lost
+}
+
 async fn open(
     amqp_config: &AmqpConfig,
     context: &Context,
@@ -205,7 +235,7 @@ async fn open(
 async fn consume_until_lost(
     context: &Arc<Context>,
     consume: &Channel,
-    publish: Arc<Channel>,
+    publish: Arc<Publish>,
     stop: &CancellationToken,
 ) -> Ended {
     let tag = format!(
@@ -237,6 +267,7 @@ async fn consume_until_lost(
         }
         let permit = tokio::select! {
             () = stop.cancelled() => break Ended::Stopped,
+            () = publish.retired.cancelled() => break retired(),
             _ = key.changed() => continue,
             permit = Arc::clone(&slots).acquire_owned() => match permit {
                 Ok(p) => p,
@@ -245,6 +276,7 @@ async fn consume_until_lost(
         };
         let next = tokio::select! {
             () = stop.cancelled() => break Ended::Stopped,
+            () = publish.retired.cancelled() => break retired(),
             _ = key.changed() => continue,
             next = deliveries.next() => next,
         };

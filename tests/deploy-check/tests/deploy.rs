@@ -836,6 +836,74 @@ fn fulfill_has_no_fixed_host_port_and_dependencies_wait_for_health() {
     assert!(checked >= 3, "only {checked} dependencies checked");
 }
 
+#[test]
+fn the_cluster_profile_makes_a_three_node_rabbitmq_that_both_services_wait_for() {
+    let compose = compose();
+    let cluster: Yaml = serde_yaml::from_str("[cluster]").unwrap();
+    let cookie = &service(&compose, "rabbitmq")["environment"]["RABBITMQ_ERLANG_COOKIE"];
+    assert!(!cookie.is_null(), "the first node sets no shared cookie");
+    let config = read("deploy/rabbitmq/cluster.conf");
+    for name in ["rabbitmq-1", "rabbitmq-2"] {
+        let node = service(&compose, name);
+        assert_eq!(node["profiles"], cluster, "{name}");
+        assert_eq!(
+            str_of(&node["hostname"]),
+            name,
+            "the node name follows the hostname"
+        );
+        assert_eq!(
+            node["image"],
+            service(&compose, "rabbitmq")["image"],
+            "{name}: one RabbitMQ version in the cluster"
+        );
+        assert_eq!(
+            &node["environment"]["RABBITMQ_ERLANG_COOKIE"], cookie,
+            "{name}"
+        );
+        let volumes: Vec<String> = seq(&node["volumes"]).iter().map(str_of).collect();
+        assert!(
+            volumes.contains(
+                &"./deploy/rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro".into()
+            ),
+            "{name} does not read the cluster configuration: {volumes:?}"
+        );
+        assert!(
+            volumes.iter().any(|v| v.ends_with(":/var/lib/rabbitmq")),
+            "{name} keeps no data"
+        );
+        for service_name in ["ingest", "fulfill", "fulfill-stripe"] {
+            let dep = &service(&compose, service_name)["depends_on"][name];
+            assert_eq!(
+                str_of(&dep["condition"]),
+                "service_healthy",
+                "{service_name} -> {name}"
+            );
+            assert_eq!(
+                dep["required"],
+                Yaml::Bool(false),
+                "{service_name} -> {name}"
+            );
+        }
+    }
+    for node in ["rabbit@rabbitmq", "rabbit@rabbitmq-1", "rabbit@rabbitmq-2"] {
+        assert!(
+            config
+                .lines()
+                .any(|l| l.starts_with("cluster_formation.classic_config.nodes.")
+                    && l.ends_with(&format!("= {node}"))),
+            "deploy/rabbitmq/cluster.conf does not list {node}"
+        );
+    }
+    assert!(config.contains("quorum_queue.initial_cluster_size = 3"));
+    // The services can be given the node list; the default stays the one node.
+    for service_name in ["ingest", "fulfill"] {
+        assert_eq!(
+            environment(service(&compose, service_name))["AMQP_URL"],
+            "${AMQP_URL:-amqp://guest:guest@rabbitmq:5672/%2f}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // deploy/Dockerfile
 // ---------------------------------------------------------------------------------------
