@@ -91,8 +91,15 @@ pub fn split_database(url: &str) -> anyhow::Result<(&str, &str)> {
     Ok((root, rest.split('?').next().unwrap_or(rest)))
 }
 
+/// The `postgres` database next to `url`'s, with the same options (`?sslmode=…`).
 pub fn admin_url(url: &str) -> anyhow::Result<String> {
-    Ok(format!("{}/postgres", split_database(url)?.0))
+    let options = url.split_once('?').map_or("", |(_, o)| o);
+    let root = split_database(url)?.0;
+    Ok(if options.is_empty() {
+        format!("{root}/postgres")
+    } else {
+        format!("{root}/postgres?{options}")
+    })
 }
 
 /// The port in `scheme://[user@]host:port/…`, if any.
@@ -237,5 +244,9 @@ mod tests {
                 .unwrap();
         assert_eq!(root, "postgres://postgres@127.0.0.1:5432");
         assert_eq!(name, "stripe_credits");
+        assert_eq!(
+            admin_url("postgres://p@h:1/x?sslmode=disable").unwrap(),
+            "postgres://p@h:1/postgres?sslmode=disable"
+        );
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! [`binaries`] builds them once per test run with the cargo that runs the tests;
 //! [`Proc`] is a child process with its output in a log file, stopped with SIGTERM
-//! (or SIGKILL on drop).
+//! (or SIGKILL on drop); [`devstack`] runs `devstack up` as a newcomer does.
+
+pub mod devstack;
 
 use std::{
     path::{Path, PathBuf},
