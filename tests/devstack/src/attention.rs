@@ -11,7 +11,11 @@ use crate::{
 pub async fn list(settings: &Settings, limit: u32) -> anyhow::Result<()> {
     let t = Trigger::new(http_client(), settings.clone());
     let (status, rows) = t
-        .fulfill(reqwest::Method::GET, &format!("/attention?limit={limit}"), None)
+        .fulfill(
+            reqwest::Method::GET,
+            &format!("/attention?limit={limit}"),
+            None,
+        )
         .await?;
     if !status.is_success() {
         bail!("fulfill answered {status}: {rows}");

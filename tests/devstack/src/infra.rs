@@ -66,7 +66,10 @@ async fn amqp_answers(url: &str) -> Result<(), String> {
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no AMQP answer within {} s", PROBE_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "no AMQP answer within {} s",
+            PROBE_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -118,7 +121,11 @@ pub async fn prepare(
     data_dir: &Path,
     fresh: bool,
 ) -> anyhow::Result<Infra> {
-    println!("checking for RabbitMQ at {} and PostgreSQL at {}…", without_password(amqp_url), without_password(database_url));
+    println!(
+        "checking for RabbitMQ at {} and PostgreSQL at {}…",
+        without_password(amqp_url),
+        without_password(database_url)
+    );
     let (amqp, pg) = tokio::join!(amqp_answers(amqp_url), postgres_answers(database_url));
     let need_rabbit = amqp.err();
     let need_postgres = pg.err();
@@ -212,8 +219,7 @@ pub async fn prepare(
 fn launch(data_dir: &Path, name: &str, port: Option<u16>, fresh: bool) -> anyhow::Result<Launch> {
     if fresh {
         let dir = services::service_dir(data_dir, name)?;
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("cannot empty {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot empty {}", dir.display()))?;
         println!("{name}: --fresh, emptied {}", dir.display());
     }
     Ok(Launch {
@@ -229,10 +235,7 @@ mod tests {
 
     #[test]
     fn reads_the_port_of_a_url_with_or_without_a_user() {
-        assert_eq!(
-            port_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            Some(5672)
-        );
+        assert_eq!(port_of("amqp://guest:guest@127.0.0.1:5672/%2f"), Some(5672));
         assert_eq!(port_of("postgres://127.0.0.1:5433/x"), Some(5433));
         assert_eq!(port_of("postgres://localhost/x"), None);
     }

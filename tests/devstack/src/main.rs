@@ -70,9 +70,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up { fresh } => stack::up(stack::Settings::from_env(), fresh).await,
-        Command::Trigger { what } => {
-            trigger::run(what, &stack::Settings::of_running_stack()).await
-        }
+        Command::Trigger { what } => trigger::run(what, &stack::Settings::of_running_stack()).await,
         Command::Events { pattern } => {
             events::tail(&stack::Settings::of_running_stack(), &pattern).await
         }

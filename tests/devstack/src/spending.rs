@@ -134,7 +134,9 @@ pub async fn hold(t: &Trigger, h: Hold) -> anyhow::Result<()> {
 
 /// The hold's user, and the balance before settling it.
 async fn before_settling(t: &Trigger, hold: &str) -> anyhow::Result<String> {
-    let (status, body) = t.fulfill(Method::GET, &format!("/holds/{hold}"), None).await?;
+    let (status, body) = t
+        .fulfill(Method::GET, &format!("/holds/{hold}"), None)
+        .await?;
     if !status.is_success() {
         bail!("fulfill has no hold {hold} ({status})");
     }
@@ -196,7 +198,9 @@ pub async fn grant(t: &Trigger, g: Grant) -> anyhow::Result<()> {
         g.reason,
         body["expires_at"]
             .as_str()
-            .map_or("never expiring".to_owned(), |at| format!("expiring at {at}"))
+            .map_or("never expiring".to_owned(), |at| format!(
+                "expiring at {at}"
+            ))
     );
     println!("balance of {} after: {after}", g.user);
     Ok(())

@@ -304,7 +304,10 @@ impl Trigger {
         let file = self.settings.data_dir.join(format!("last-{kind}"));
         match std::fs::read_to_string(&file) {
             Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-            _ => bail!("no earlier trigger made a {kind} (nothing in {}); give its id", file.display()),
+            _ => bail!(
+                "no earlier trigger made a {kind} (nothing in {}); give its id",
+                file.display()
+            ),
         }
     }
 

@@ -72,8 +72,14 @@ impl Up {
         let group = GroupGuard(child.id());
         let (tx, lines) = mpsc::channel::<String>();
         for out in [
-            child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()

@@ -39,8 +39,16 @@ fn balance(out: &std::process::Output) -> String {
 fn stop_everything(up: &mut Up, data: &Path, ports: &[u16]) {
     let status = up.interrupt();
     assert!(status.success(), "{status:?}\n{}", up.output());
-    for line in ["private RabbitMQ stopped", "private PostgreSQL stopped", "stack stopped"] {
-        assert!(up.seen.iter().any(|l| l.contains(line)), "no {line:?}:\n{}", up.output());
+    for line in [
+        "private RabbitMQ stopped",
+        "private PostgreSQL stopped",
+        "stack stopped",
+    ] {
+        assert!(
+            up.seen.iter().any(|l| l.contains(line)),
+            "no {line:?}:\n{}",
+            up.output()
+        );
     }
     for port in ports {
         assert!(!port_open(*port), "port {port} still open after Ctrl-C");
@@ -69,8 +77,14 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
         ("INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
         ("FULFILL_ADDR", format!("127.0.0.1:{fulfill_port}")),
         ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f")),
-        ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{pg_port}/bare_machine")),
+        (
+            "AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{pg_port}/bare_machine"),
+        ),
         ("DEVSTACK_DATA_DIR", data.display().to_string()),
     ];
     let up_once = |args: &[&str]| {
@@ -87,7 +101,10 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
             .find(|l| l.starts_with("PostgreSQL: private cluster"))
             .map(|l| port_in(l))
             .unwrap_or_else(|| panic!("no private PostgreSQL:\n{}", up.output()));
-        assert_ne!(rabbit, amqp_port, "the taken port is replaced by a free one");
+        assert_ne!(
+            rabbit, amqp_port,
+            "the taken port is replaced by a free one"
+        );
         assert_eq!(pg, pg_port, "the configured port is used when free");
         assert!(data.join("rabbitmq").is_dir() && data.join("postgres/data").is_dir());
         up.wait_for("(private)", Duration::from_secs(1));
@@ -96,7 +113,14 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
     let trigger = |args: &[&str]| binary_command(args, &env).output().unwrap();
 
     let (mut up, ports) = up_once(&["up"]);
-    let out = trigger(&["trigger", "purchase", "--user", "newcomer", "--price", "price_pack_10"]);
+    let out = trigger(&[
+        "trigger",
+        "purchase",
+        "--user",
+        "newcomer",
+        "--price",
+        "price_pack_10",
+    ]);
     assert!(balance(&out).contains("balance of newcomer: 10 credits"));
     // The events tail finds the private broker through the running stack's file.
     assert!(
@@ -141,7 +165,8 @@ fn without_the_packages_up_says_what_to_install_and_starts_nothing() {
     let rabbit_only = dir.join("rabbit-only");
     std::fs::create_dir_all(&rabbit_only).unwrap();
     for program in ["rabbitmq-server", "rabbitmqctl"] {
-        let _ = std::os::unix::fs::symlink(format!("/usr/sbin/{program}"), rabbit_only.join(program));
+        let _ =
+            std::os::unix::fs::symlink(format!("/usr/sbin/{program}"), rabbit_only.join(program));
     }
     let ingest_port = free_port();
     for (path, missing) in [(&rabbit_only, 1), (&empty, 2)] {
@@ -153,20 +178,32 @@ fn without_the_packages_up_says_what_to_install_and_starts_nothing() {
             .env("POSTGRES_INSTALL_ROOTS", &empty)
             .env("DEVSTACK_DATA_DIR", &data)
             .env("INGEST_ADDR", format!("127.0.0.1:{ingest_port}"))
-            .env("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()))
-            .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{}/x", free_port()))
+            .env(
+                "AMQP_URL",
+                format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()),
+            )
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{}/x", free_port()),
+            )
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
-        let postgres: Vec<&str> = stderr.lines().filter(|l| l.starts_with("PostgreSQL:")).collect();
+        let postgres: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("PostgreSQL:"))
+            .collect();
         assert_eq!(postgres.len(), 1, "{stderr}");
         assert!(
             postgres[0].contains("sudo apt-get install postgresql")
                 && postgres[0].contains("brew install postgresql@15"),
             "{stderr}"
         );
-        let rabbit: Vec<&str> = stderr.lines().filter(|l| l.starts_with("RabbitMQ:")).collect();
+        let rabbit: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("RabbitMQ:"))
+            .collect();
         assert_eq!(rabbit.len(), missing - 1, "{stderr}");
         if missing == 2 {
             assert!(
@@ -175,7 +212,10 @@ fn without_the_packages_up_says_what_to_install_and_starts_nothing() {
                 "{stderr}"
             );
         }
-        assert!(stderr.contains("docker compose --profile dev up"), "{stderr}");
+        assert!(
+            stderr.contains("docker compose --profile dev up"),
+            "{stderr}"
+        );
         // Nothing half-started: no server folder, no process, no service.
         assert!(!data.join("rabbitmq").exists() && !data.join("postgres").exists());
         assert_eq!(processes_using(&data), Vec::<u32>::new());

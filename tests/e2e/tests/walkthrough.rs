@@ -29,7 +29,11 @@ fn walkthrough(readme: &str) -> Vec<Step> {
         if line.trim() != "<!-- walkthrough -->" {
             continue;
         }
-        assert_eq!(lines.next().map(str::trim), Some("```sh"), "a walkthrough block is ```sh");
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("```sh"),
+            "a walkthrough block is ```sh"
+        );
         for line in lines.by_ref() {
             if line.trim() == "```" {
                 break;
@@ -95,7 +99,11 @@ async fn the_readme_walkthrough_runs_as_printed() {
     binaries();
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     let steps = walkthrough(&readme);
-    for section in ["### Your first purchase", "### Money going back\n", "### Spending\n"] {
+    for section in [
+        "### Your first purchase",
+        "### Money going back\n",
+        "### Spending\n",
+    ] {
         assert!(readme.contains(section), "README has {section:?}");
     }
     assert!(
@@ -120,19 +128,22 @@ async fn the_readme_walkthrough_runs_as_printed() {
     let mut up = Up::start(readme_command(&["up"], &env));
     // Where the broker and database answer, `up` uses them as they are.
     assert!(
-        up.seen.iter().any(|l| l.contains("RabbitMQ") && l.contains("(configured)"))
-            && up.seen.iter().any(|l| l.contains("Postgres") && l.contains("(configured)")),
+        up.seen
+            .iter()
+            .any(|l| l.contains("RabbitMQ") && l.contains("(configured)"))
+            && up
+                .seen
+                .iter()
+                .any(|l| l.contains("Postgres") && l.contains("(configured)")),
         "{}",
         up.output()
     );
 
     // The pasted lines find cargo as a newcomer's shell does.
     let cargo_dir = Path::new(env!("CARGO")).parent().unwrap().to_path_buf();
-    let path = std::env::join_paths(
-        std::iter::once(cargo_dir).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )),
-    )
+    let path = std::env::join_paths(std::iter::once(cargo_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
     .unwrap();
     for step in &steps {
         let out = Command::new("bash")
@@ -165,5 +176,9 @@ async fn the_readme_walkthrough_runs_as_printed() {
 
     let status = up.interrupt();
     assert!(status.success(), "{status:?}\n{}", up.output());
-    assert!(up.seen.iter().any(|l| l.contains("stack stopped")), "{}", up.output());
+    assert!(
+        up.seen.iter().any(|l| l.contains("stack stopped")),
+        "{}",
+        up.output()
+    );
 }

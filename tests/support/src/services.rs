@@ -73,10 +73,7 @@ pub fn find_rabbitmq() -> Option<(PathBuf, PathBuf)> {
     let found = (on_path("rabbitmq-server")?, on_path("rabbitmqctl")?);
     let wrapped = Path::new("/usr/lib/rabbitmq/bin");
     if !is_root() && wrapped.join("rabbitmq-server").is_file() {
-        return Some((
-            wrapped.join("rabbitmq-server"),
-            wrapped.join("rabbitmqctl"),
-        ));
+        return Some((wrapped.join("rabbitmq-server"), wrapped.join("rabbitmqctl")));
     }
     Some(found)
 }
@@ -122,7 +119,10 @@ fn is_root() -> bool {
 }
 
 fn chown(path: &Path, owner: &str) -> io::Result<()> {
-    let status = Command::new("chown").args(["-R", owner]).arg(path).status()?;
+    let status = Command::new("chown")
+        .args(["-R", owner])
+        .arg(path)
+        .status()?;
     if status.success() {
         Ok(())
     } else {
@@ -167,7 +167,10 @@ pub fn service_dir(parent: &Path, name: &str) -> io::Result<PathBuf> {
         let base = std::env::temp_dir().join("stripe-credits-private");
         std::fs::create_dir_all(&base)?;
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))?;
-        base.join(format!("{name}-{:016x}", fnv1a(parent.as_os_str().as_encoded_bytes())))
+        base.join(format!(
+            "{name}-{:016x}",
+            fnv1a(parent.as_os_str().as_encoded_bytes())
+        ))
     };
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -542,7 +545,8 @@ impl PrivatePostgres {
 
     /// Stops abruptly (`immediate`: like a crash, in-flight transactions are lost).
     pub fn stop(&self) {
-        self.pg_stop("immediate").expect("stop the private PostgreSQL");
+        self.pg_stop("immediate")
+            .expect("stop the private PostgreSQL");
     }
 
     pub fn restart(&self, down_for: Duration) {
