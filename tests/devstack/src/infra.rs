@@ -29,27 +29,18 @@ impl Infra {
     /// Stops the private servers (broker first; the database last), printing each.
     pub async fn stop(&mut self) {
         if let Some(rabbit) = self.rabbit.take() {
-            let stopped = tokio::task::spawn_blocking(move || {
-                let r = rabbit.try_stop();
-                drop(rabbit);
-                r
-            })
-            .await;
-            report("private RabbitMQ", stopped);
+            stop_one("private RabbitMQ", rabbit, PrivateRabbit::try_stop).await;
         }
         if let Some(pg) = self.postgres.take() {
-            let stopped = tokio::task::spawn_blocking(move || {
-                let r = pg.try_shutdown();
-                drop(pg);
-                r
-            })
-            .await;
-            report("private PostgreSQL", stopped);
+            stop_one("private PostgreSQL", pg, PrivatePostgres::try_shutdown).await;
         }
     }
 }
 
-fn report(name: &str, stopped: Result<std::io::Result<()>, tokio::task::JoinError>) {
+/// Runs the (blocking) stop off the runtime's threads and prints how it went; the server's
+/// `Drop` then keeps its data.
+async fn stop_one<T: Send + 'static>(name: &str, server: T, stop: fn(&T) -> std::io::Result<()>) {
+    let stopped = tokio::task::spawn_blocking(move || stop(&server)).await;
     match stopped {
         Ok(Ok(())) => println!("{name} stopped"),
         Ok(Err(e)) => println!("{name}: {e}"),

@@ -494,17 +494,15 @@ impl Trigger {
     }
 }
 
-/// `user` as one URL path segment.
+/// `user` as one URL path segment (percent-encoded as the URL standard says).
 pub fn user_path(user: &str) -> String {
-    user.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    let Ok(mut url) = reqwest::Url::parse("http://localhost/") else {
+        return user.to_owned();
+    };
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.push(user);
+    }
+    url.path().trim_start_matches('/').to_owned()
 }
 
 /// A key no other request uses: this process, and the time in nanoseconds.
@@ -513,4 +511,23 @@ fn idempotency_key() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("devstack-{}-{nanos}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_id_becomes_one_path_segment() {
+        assert_eq!(user_path("alice"), "alice");
+        assert_eq!(user_path("a/b c?"), "a%2Fb%20c%3F");
+    }
+
+    #[test]
+    fn shows_held_and_available_only_while_something_is_held() {
+        let free = Balance::of(&json!({"credits": 20, "held": 0, "available": 20}));
+        assert_eq!(free.to_string(), "20 credits");
+        let held = Balance::of(&json!({"credits": 17, "held": 5, "available": 12}));
+        assert_eq!(held.to_string(), "17 credits, 5 held, 12 available");
+    }
 }

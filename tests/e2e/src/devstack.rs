@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{binaries, workspace};
+use test_support::{broker::TestBroker, db::TestDb};
+
+use crate::{binaries, free_port, workspace};
 
 /// Kills a whole process group when the test ends, passed or failed.
 pub struct GroupGuard(pub u32);
@@ -22,6 +24,20 @@ impl Drop for GroupGuard {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The variables that give a `devstack up` its own ports, database, queue prefix and
+/// data folder, beside the machine's RabbitMQ and PostgreSQL.
+pub fn isolated_env(broker: &TestBroker, db: &TestDb, data: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("INGEST_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("FULFILL_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("DATABASE_URL", db.url.clone()),
+        ("AMQP_URL", broker.url.clone()),
+        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+        ("DEVSTACK_DATA_DIR", data.display().to_string()),
+    ]
 }
 
 /// A README command (`cargo run -q -p devstack -- …`) with `env`, from the workspace root.

@@ -168,6 +168,14 @@ fn without_the_packages_up_says_what_to_install_and_starts_nothing() {
         let _ =
             std::os::unix::fs::symlink(format!("/usr/sbin/{program}"), rabbit_only.join(program));
     }
+    let help = Command::new(binaries().join("devstack"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for command in ["up", "trigger", "events", "attention"] {
+        assert!(help.contains(&format!("  {command} ")), "{help}");
+    }
     let ingest_port = free_port();
     for (path, missing) in [(&rabbit_only, 1), (&empty, 2)] {
         let out = Command::new(binaries().join("devstack"))

@@ -8,7 +8,7 @@ use std::{io::BufRead, os::unix::process::CommandExt, process::Stdio, time::Dura
 
 use e2e::{
     Proc, binaries,
-    devstack::{GroupGuard, readme_command},
+    devstack::{GroupGuard, isolated_env, readme_command},
     free_port, log_dir, wait_ok, workspace,
 };
 use serde_json::{Value, json};
@@ -437,14 +437,7 @@ async fn the_readme_start_command_brings_up_a_stack_where_a_trigger_credits() {
     binaries();
     let broker = TestBroker::new().await;
     let db = TestDb::new().await;
-    let env = vec![
-        ("INGEST_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("FULFILL_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("DATABASE_URL", db.url.clone()),
-        ("AMQP_URL", broker.url.clone()),
-        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
-    ];
+    let env = isolated_env(&broker, &db, &log_dir("readme-up").join("data"));
     let mut up = readme_command(&["up"], &env);
     up.stdout(Stdio::piped())
         .stderr(Stdio::null())

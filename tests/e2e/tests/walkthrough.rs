@@ -10,8 +10,8 @@ use std::{path::Path, process::Command};
 
 use e2e::{
     binaries,
-    devstack::{Up, readme_command},
-    free_port, log_dir, workspace,
+    devstack::{Up, isolated_env, readme_command},
+    log_dir, workspace,
 };
 use test_support::{broker::TestBroker, db::TestDb};
 
@@ -116,15 +116,7 @@ async fn the_readme_walkthrough_runs_as_printed() {
     let broker = TestBroker::new().await;
     let db = TestDb::new().await;
     let data = log_dir("walkthrough").join("data");
-    let env = vec![
-        ("INGEST_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("FULFILL_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("DATABASE_URL", db.url.clone()),
-        ("AMQP_URL", broker.url.clone()),
-        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
-        ("DEVSTACK_DATA_DIR", data.display().to_string()),
-    ];
+    let env = isolated_env(&broker, &db, &data);
     let mut up = Up::start(readme_command(&["up"], &env));
     // Where the broker and database answer, `up` uses them as they are.
     assert!(
