@@ -129,10 +129,46 @@ fn stop_requests() -> anyhow::Result<watch::Receiver<Option<&'static str>>> {
     Ok(rx)
 }
 
+/// The file holding the pid of the `up` that uses a data folder.
+const PID_FILE: &str = "up.pid";
+
+/// Claims the data folder for this `up`: two would start servers on the same data.
+fn claim(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let pid_file = data_dir.join(PID_FILE);
+    if let Ok(pid) = std::fs::read_to_string(&pid_file)
+        && let Ok(pid) = pid.trim().parse::<u32>()
+        && pid != std::process::id()
+        && std::process::Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        bail!(
+            "another devstack up (pid {pid}) runs with {}; stop it first, or set \
+             DEVSTACK_DATA_DIR to another folder",
+            data_dir.display()
+        );
+    }
+    std::fs::write(&pid_file, std::process::id().to_string())?;
+    Ok(())
+}
+
 pub async fn up(mut settings: Settings, fresh: bool) -> anyhow::Result<()> {
     let stop = stop_requests()?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    claim(&settings.data_dir)?;
+    let result = up_claimed(&mut settings, fresh, stop).await;
+    let _ = std::fs::remove_file(settings.data_dir.join(PID_FILE));
+    result
+}
+
+async fn up_claimed(
+    settings: &mut Settings,
+    fresh: bool,
+    stop: watch::Receiver<Option<&'static str>>,
+) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(settings.data_dir.join(RUNNING_FILE));
     let mut infra = infra::prepare(
         &settings.amqp_url,
@@ -142,13 +178,13 @@ pub async fn up(mut settings: Settings, fresh: bool) -> anyhow::Result<()> {
     )
     .await?;
     let mut children: Vec<(&str, Child)> = Vec::new();
-    let started = start(&mut settings, &mut infra, &stop, &mut children).await;
+    let started = start(settings, &mut infra, &stop, &mut children).await;
     if let Err(e) = started {
         stop_all(&mut children).await;
         infra.stop().await;
         return Err(e);
     }
-    print_banner(&settings, &infra);
+    print_banner(settings, &infra);
 
     let reason = wait_for_stop(stop, &mut children).await;
     println!("\nstopping ({reason})…");

@@ -113,6 +113,14 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
     let trigger = |args: &[&str]| binary_command(args, &env).output().unwrap();
 
     let (mut up, ports) = up_once(&["up"]);
+    // A second `up` on the same data refuses, and leaves the first one alone.
+    let second = trigger(&["up"]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another devstack up"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let out = trigger(&[
         "trigger",
         "purchase",

@@ -215,6 +215,19 @@ pub struct PrivateRabbit {
     keep: bool,
     server: PathBuf,
     ctl: PathBuf,
+    /// Erlang's port mapper was not running before this node started one: stopping the
+    /// node stops it too (`epmd -kill` refuses while other nodes use it).
+    started_epmd: bool,
+}
+
+/// Whether Erlang's port mapper answers (`epmd -names` fails when it does not run).
+fn epmd_running() -> bool {
+    Command::new("epmd")
+        .arg("-names")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl PrivateRabbit {
@@ -255,6 +268,7 @@ impl PrivateRabbit {
             keep: launch.keep,
             server,
             ctl,
+            started_epmd: !epmd_running(),
         };
         rabbit.boot()?;
         Ok(rabbit)
@@ -311,6 +325,9 @@ impl PrivateRabbit {
             self.ctl(&["stop"])?;
         }
         if wait_port(self.port, false, Duration::from_secs(30)) {
+            if self.started_epmd {
+                let _ = run(Command::new("epmd").arg("-kill"), "epmd -kill");
+            }
             Ok(())
         } else {
             Err(io::Error::other("the private RabbitMQ did not stop"))
