@@ -53,6 +53,11 @@ fn stop_everything(up: &mut Up, data: &Path, ports: &[u16]) {
     for port in ports {
         assert!(!port_open(*port), "port {port} still open after Ctrl-C");
     }
+    // Exiting is not being left behind: a server's last process may take a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_using(data).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(
         processes_using(data),
         Vec::<u32>::new(),

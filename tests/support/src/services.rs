@@ -220,6 +220,15 @@ pub struct PrivateRabbit {
     started_epmd: bool,
 }
 
+/// Whether process `pid` still runs (`kill -0`).
+fn alive(pid: &str) -> bool {
+    Command::new("kill")
+        .args(["-0", pid])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Whether Erlang's port mapper answers (`epmd -names` fails when it does not run).
 fn epmd_running() -> bool {
     Command::new("epmd")
@@ -321,8 +330,17 @@ impl PrivateRabbit {
 
     /// Stops the node (`rabbitmqctl stop`) and waits until its port is closed.
     pub fn try_stop(&self) -> io::Result<()> {
+        let mut vm = None;
         if port_open(self.port) {
+            vm = self.vm_pid();
             self.ctl(&["stop"])?;
+        }
+        // The port closes a moment before the Erlang VM has exited.
+        if let Some(pid) = vm {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while alive(&pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         if wait_port(self.port, false, Duration::from_secs(30)) {
             if self.started_epmd {
@@ -357,18 +375,25 @@ impl PrivateRabbit {
         }
     }
 
-    /// SIGKILL the node's Erlang VM: a crash, no goodbye to the cluster.
-    pub fn kill(&self) {
+    /// The pid of the node's Erlang VM.
+    fn vm_pid(&self) -> Option<String> {
         let out = Command::new(&self.ctl)
             .args(["-n", &self.node, "-q", "eval", "os:getpid()."])
             .output()
-            .expect("rabbitmqctl eval");
+            .ok()?;
         let pid = String::from_utf8_lossy(&out.stdout)
             .trim()
             .trim_matches('"')
             .to_owned();
-        assert!(!pid.is_empty(), "no pid for {}", self.node);
-        run(Command::new("kill").args(["-9", pid.trim()]), "kill -9").expect("kill");
+        (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
+    }
+
+    /// SIGKILL the node's Erlang VM: a crash, no goodbye to the cluster.
+    pub fn kill(&self) {
+        let pid = self
+            .vm_pid()
+            .unwrap_or_else(|| panic!("no pid for {}", self.node));
+        run(Command::new("kill").args(["-9", &pid]), "kill -9").expect("kill");
         assert!(
             wait_port(self.port, false, Duration::from_secs(30)),
             "killed RabbitMQ still listening"
