@@ -1,16 +1,22 @@
 //! `devstack`: the newcomer's path.
 //!
-//! - `devstack up` builds and starts the whole stack on this machine (RabbitMQ and
-//!   PostgreSQL must be running): creates the database, starts fulfill (which applies the
-//!   migrations and declares the topology) and ingest, and — when no `STRIPE_SECRET_KEY`
-//!   is set — a fake Stripe with a demo catalogue. Ctrl-C stops everything in order.
-//! - `devstack trigger purchase|async-purchase|replay` plays a purchase through it like
-//!   `stripe trigger`, but for credit packs, and prints the resulting balance.
-//! - `devstack events [pattern]` tails the credit events on `credits.events`.
+//! - `devstack up [--fresh]` builds and starts the whole stack on this machine: uses the
+//!   RabbitMQ and PostgreSQL that answer on the configured addresses, or starts private ones
+//!   from the installed packages (data under `target/devstack/`, kept across runs unless
+//!   `--fresh`); creates the database, starts fulfill (which applies the migrations and
+//!   declares the topology) and ingest, and — when no `STRIPE_SECRET_KEY` is set — a fake
+//!   Stripe with a demo catalogue. Ctrl-C stops everything in order.
+//! - `devstack trigger …` plays what Stripe and a website do through it — purchases,
+//!   refunds, disputes, debits, holds, grants — and prints the balance before and after.
+//! - `devstack events [pattern]` tails the credit events on `credits.events`;
+//!   `devstack attention` lists the sessions that need an operator.
 //!
 //! Configuration is the services' own environment variables, with local defaults.
 
+mod attention;
 mod events;
+mod infra;
+mod spending;
 mod stack;
 mod trigger;
 
@@ -19,7 +25,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "devstack",
-    about = "Run the stack locally and send it purchases"
+    about = "Run the stack locally and play purchases, refunds, disputes and spending through it",
+    long_about = "Run the stack locally and play purchases, refunds, disputes and spending through it.\n\n\
+        Every address is the services' own variable (AMQP_URL, DATABASE_URL, INGEST_ADDR, \
+        FULFILL_ADDR, FAKE_STRIPE_ADDR, STRIPE_SECRET_KEY, FULFILL_API_TOKEN…) with a local \
+        default; DEVSTACK_DATA_DIR (default target/devstack) holds the private servers' data."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,9 +38,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build and start fake Stripe (without STRIPE_SECRET_KEY), fulfill and ingest.
-    Up,
-    /// Send a purchase through the running stack and print the new balance.
+    /// Start RabbitMQ and PostgreSQL if nothing answers (private ones, data in
+    /// target/devstack/), build and start fake Stripe (without STRIPE_SECRET_KEY), fulfill
+    /// and ingest; Ctrl-C stops everything.
+    Up {
+        /// Start the private RabbitMQ and PostgreSQL from empty data (their balances gone).
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Play an event or a spending call through the running stack; prints the balance
+    /// before and after.
     Trigger {
         #[command(subcommand)]
         what: trigger::What,
@@ -41,13 +58,24 @@ enum Command {
         #[arg(default_value = "#")]
         pattern: String,
     },
+    /// List the sessions that need an operator (not credited, or flagged after a reversal).
+    Attention {
+        /// How many, newest first (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up => stack::up(stack::Settings::from_env()).await,
-        Command::Trigger { what } => trigger::run(what, &stack::Settings::from_env()).await,
-        Command::Events { pattern } => events::tail(&stack::Settings::from_env(), &pattern).await,
+        Command::Up { fresh } => stack::up(stack::Settings::from_env(), fresh).await,
+        Command::Trigger { what } => trigger::run(what, &stack::Settings::of_running_stack()).await,
+        Command::Events { pattern } => {
+            events::tail(&stack::Settings::of_running_stack(), &pattern).await
+        }
+        Command::Attention { limit } => {
+            attention::list(&stack::Settings::of_running_stack(), limit).await
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `devstack up`.
+//! `devstack up`: the broker and database (the configured ones, or private ones), the
+//! services built and started in order, a banner, and an ordered stop on Ctrl-C.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,7 +10,13 @@ use std::{
 use anyhow::{Context, bail};
 use diesel::{OptionalExtension, QueryableByName, sql_query, sql_types::Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tokio::process::{Child, Command};
+use tokio::{
+    process::{Child, Command},
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+
+use crate::infra::{self, Infra};
 
 pub const DEV_WEBHOOK_SECRET: &str = "whsec_devstack_local_only";
 
@@ -25,7 +32,14 @@ pub struct Settings {
     /// `None`: run the fake Stripe.
     pub stripe_secret_key: Option<String>,
     pub api_token: Option<String>,
+    /// `DEVSTACK_DATA_DIR`, by default `target/devstack`: the private servers' data, where
+    /// a running `up` says which broker it uses, and the ids `last` stands for.
+    pub data_dir: PathBuf,
 }
+
+/// The file a running `devstack up` writes in the data folder: the `AMQP_URL` and
+/// `DATABASE_URL` it uses, when they are private servers the environment does not name.
+const RUNNING_FILE: &str = "running.env";
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -45,7 +59,28 @@ impl Settings {
                 .unwrap_or_else(|| DEV_WEBHOOK_SECRET.into()),
             stripe_secret_key: var("STRIPE_SECRET_KEY"),
             api_token: var("FULFILL_API_TOKEN"),
+            data_dir: var("DEVSTACK_DATA_DIR").map_or_else(default_data_dir, PathBuf::from),
         }
+    }
+
+    /// For the commands that talk to a running `up`: the broker and database it runs
+    /// privately, unless the environment names them.
+    pub fn of_running_stack() -> Self {
+        let mut settings = Self::from_env();
+        let running =
+            std::fs::read_to_string(settings.data_dir.join(RUNNING_FILE)).unwrap_or_default();
+        for line in running.lines() {
+            match line.split_once('=') {
+                Some(("AMQP_URL", url)) if var("AMQP_URL").is_none() => {
+                    settings.amqp_url = url.to_owned();
+                }
+                Some(("DATABASE_URL", url)) if var("DATABASE_URL").is_none() => {
+                    settings.database_url = url.to_owned();
+                }
+                _ => {}
+            }
+        }
+        settings
     }
 
     pub fn fake_stripe(&self) -> bool {
@@ -65,29 +100,133 @@ impl Settings {
     }
 }
 
+/// `target/devstack`, next to the `debug`/`release` folder this binary runs from.
+fn default_data_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("devstack")))
+        .unwrap_or_else(|| PathBuf::from("target/devstack"))
+}
+
 /// `0.0.0.0:8080` → `http://127.0.0.1:8080`.
 fn url(addr: &str) -> String {
     format!("http://{}", addr.replace("0.0.0.0", "127.0.0.1"))
 }
 
-pub async fn up(settings: Settings) -> anyhow::Result<()> {
-    let bin_dir = build_binaries(settings.fake_stripe())?;
-    create_database(&settings.database_url).await?;
-    let client = crate::trigger::http_client();
+/// The first Ctrl-C or SIGTERM, whenever it comes (during start-up too: what started
+/// is then stopped in order instead of being left behind).
+fn stop_requests() -> anyhow::Result<watch::Receiver<Option<&'static str>>> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let reason = tokio::select! {
+            _ = interrupt.recv() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        let _ = tx.send(Some(reason));
+    });
+    Ok(rx)
+}
 
+/// The file holding the pid of the `up` that uses a data folder.
+const PID_FILE: &str = "up.pid";
+
+/// Claims the data folder for this `up`: two would start servers on the same data.
+fn claim(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let pid_file = data_dir.join(PID_FILE);
+    if let Ok(pid) = std::fs::read_to_string(&pid_file)
+        && let Ok(pid) = pid.trim().parse::<u32>()
+        && pid != std::process::id()
+        && std::process::Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        bail!(
+            "another devstack up (pid {pid}) runs with {}; stop it first, or set \
+             DEVSTACK_DATA_DIR to another folder",
+            data_dir.display()
+        );
+    }
+    std::fs::write(&pid_file, std::process::id().to_string())?;
+    Ok(())
+}
+
+pub async fn up(mut settings: Settings, fresh: bool) -> anyhow::Result<()> {
+    let stop = stop_requests()?;
+    claim(&settings.data_dir)?;
+    let result = up_claimed(&mut settings, fresh, stop).await;
+    let _ = std::fs::remove_file(settings.data_dir.join(PID_FILE));
+    result
+}
+
+async fn up_claimed(
+    settings: &mut Settings,
+    fresh: bool,
+    stop: watch::Receiver<Option<&'static str>>,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(settings.data_dir.join(RUNNING_FILE));
+    let mut infra = infra::prepare(
+        &settings.amqp_url,
+        &settings.database_url,
+        &settings.data_dir,
+        fresh,
+    )
+    .await?;
     let mut children: Vec<(&str, Child)> = Vec::new();
-    let started = start_all(&settings, &bin_dir, &client, &mut children).await;
+    let started = start(settings, &mut infra, &stop, &mut children).await;
     if let Err(e) = started {
         stop_all(&mut children).await;
+        infra.stop().await;
         return Err(e);
     }
-    print_banner(&settings);
+    print_banner(settings, &infra);
 
-    let reason = wait_for_stop(&mut children).await;
+    let reason = wait_for_stop(stop, &mut children).await;
     println!("\nstopping ({reason})…");
     stop_all(&mut children).await;
+    infra.stop().await;
+    let _ = std::fs::remove_file(settings.data_dir.join(RUNNING_FILE));
     println!("stack stopped");
     Ok(())
+}
+
+/// Everything after the broker and database: build, database, services.
+async fn start(
+    settings: &mut Settings,
+    infra: &mut Infra,
+    stop: &watch::Receiver<Option<&'static str>>,
+    children: &mut Vec<(&'static str, Child)>,
+) -> anyhow::Result<()> {
+    settings.amqp_url = infra.amqp_url.clone();
+    settings.database_url = infra.database_url.clone();
+    if infra.rabbit.is_some() || infra.postgres.is_some() {
+        std::fs::write(
+            settings.data_dir.join(RUNNING_FILE),
+            format!(
+                "AMQP_URL={}\nDATABASE_URL={}\n",
+                settings.amqp_url, settings.database_url
+            ),
+        )?;
+    }
+    let interrupted = || -> anyhow::Result<()> {
+        match *stop.borrow() {
+            Some(reason) => bail!("{reason} while starting"),
+            None => Ok(()),
+        }
+    };
+    let with_fake = settings.fake_stripe();
+    let bin_dir = tokio::task::spawn_blocking(move || build_binaries(with_fake)).await??;
+    interrupted()?;
+    create_database(&settings.database_url).await?;
+    interrupted()?;
+    let client = crate::trigger::http_client();
+    start_all(settings, &bin_dir, &client, children).await?;
+    interrupted()
 }
 
 async fn start_all(
@@ -134,7 +273,7 @@ async fn start_all(
     wait_healthy(
         client,
         &format!("{}/readyz", settings.fulfill_url()),
-        "fulfill",
+        "fulfill (it applies the migrations and declares the RabbitMQ topology)",
         children,
     )
     .await?;
@@ -195,14 +334,12 @@ struct Name {
 
 /// Creates the database named in `url` if it does not exist (fulfill migrates it).
 async fn create_database(url: &str) -> anyhow::Result<()> {
-    let (root, rest) = url
-        .rsplit_once('/')
-        .context("DATABASE_URL has no database name")?;
-    let name = rest.split('?').next().unwrap_or(rest);
+    let name = infra::split_database(url)?.1;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         bail!("database name {name:?} must be letters, digits and _");
     }
-    let admin_url = format!("{root}/postgres");
+    let admin_url = infra::admin_url(url)?;
+    println!("creating database {name} unless it exists…");
     let mut admin = AsyncPgConnection::establish(&admin_url)
         .await
         .with_context(|| {
@@ -230,7 +367,7 @@ async fn create_database(url: &str) -> anyhow::Result<()> {
 }
 
 /// `scheme://user@host…` with any `:password` removed, for error messages.
-fn without_password(url: &str) -> String {
+pub fn without_password(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((user, host)) => {
@@ -249,6 +386,7 @@ async fn wait_healthy(
     name: &str,
     children: &mut [(&'static str, Child)],
 ) -> anyhow::Result<()> {
+    println!("waiting for {name} to answer {url}…");
     for _ in 0..300 {
         if let Ok(r) = client.get(url).send().await
             && r.status().is_success()
@@ -265,9 +403,20 @@ async fn wait_healthy(
     bail!("{name} did not become ready at {url} within 30 s")
 }
 
-fn print_banner(s: &Settings) {
+fn print_banner(s: &Settings, infra: &Infra) {
+    let whose = |private: bool| if private { "private" } else { "configured" };
     println!();
     println!("The stack is up.");
+    println!(
+        "  RabbitMQ  {} ({})",
+        without_password(&s.amqp_url),
+        whose(infra.rabbit.is_some())
+    );
+    println!(
+        "  Postgres  {} ({})",
+        without_password(&s.database_url),
+        whose(infra.postgres.is_some())
+    );
     println!("  ingest    {}/webhooks/stripe", s.ingest_url());
     println!("            webhook secret: {}", s.webhook_secret);
     println!("  fulfill   {}/users/<user>/balance", s.fulfill_url());
@@ -298,15 +447,16 @@ fn print_banner(s: &Settings) {
     println!("Ctrl-C stops everything.");
 }
 
-async fn wait_for_stop(children: &mut [(&'static str, Child)]) -> String {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => return format!("cannot listen for SIGTERM: {e}"),
-    };
+async fn wait_for_stop(
+    mut stop: watch::Receiver<Option<&'static str>>,
+    children: &mut [(&'static str, Child)],
+) -> String {
     loop {
+        if let Some(reason) = *stop.borrow() {
+            return reason.into();
+        }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return "Ctrl-C".into(),
-            _ = term.recv() => return "SIGTERM".into(),
+            _ = stop.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (name, child) in children.iter_mut() {
                     if let Ok(Some(status)) = child.try_wait() {

@@ -2,10 +2,11 @@
 //!
 //! [`binaries`] builds them once per test run with the cargo that runs the tests;
 //! [`Proc`] is a child process with its output in a log file, stopped with SIGTERM
-//! (or SIGKILL on drop).
+//! (or SIGKILL on drop); [`devstack`] runs `devstack up` as a newcomer does.
+
+pub mod devstack;
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::OnceLock,
@@ -51,13 +52,7 @@ pub fn binaries() -> &'static Path {
     })
 }
 
-/// A free TCP port on loopback (free now; tests bind it right after).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use test_support::free_port;
 
 /// A running child process whose stdout and stderr go to a log file.
 pub struct Proc {

@@ -6,7 +6,11 @@
 
 use std::{io::BufRead, os::unix::process::CommandExt, process::Stdio, time::Duration};
 
-use e2e::{Proc, binaries, free_port, log_dir, wait_ok, workspace};
+use e2e::{
+    Proc, binaries,
+    devstack::{GroupGuard, isolated_env, readme_command},
+    free_port, log_dir, wait_ok, workspace,
+};
 use serde_json::{Value, json};
 use test_support::{broker::TestBroker, db::TestDb};
 
@@ -427,45 +431,13 @@ async fn shuffled_reversals_through_the_real_binaries_end_exact() {
     stack.stop();
 }
 
-/// Kills a whole process group when the test ends, passed or failed.
-struct GroupGuard(u32);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Runs a README command (`cargo run -q -p devstack -- …`) with `env`, in its own process group.
-fn readme_command(args: &[&str], env: &[(&str, String)]) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO"));
-    c.current_dir(workspace())
-        .args(["run", "-q", "-p", "devstack", "--"])
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env_remove("STRIPE_SECRET_KEY")
-        .env_remove("STRIPE_WEBHOOK_SECRET")
-        .stdin(Stdio::null());
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_start_command_brings_up_a_stack_where_a_trigger_credits() {
     test_support::init_tracing();
     binaries();
     let broker = TestBroker::new().await;
     let db = TestDb::new().await;
-    let env = vec![
-        ("INGEST_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("FULFILL_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("FAKE_STRIPE_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("DATABASE_URL", db.url.clone()),
-        ("AMQP_URL", broker.url.clone()),
-        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
-    ];
+    let env = isolated_env(&broker, &db, &log_dir("readme-up").join("data"));
     let mut up = readme_command(&["up"], &env);
     up.stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,5 +1,6 @@
 //! Test helpers shared by every suite: an isolated slice of the real RabbitMQ, a private
-//! PostgreSQL database, a TCP proxy that can cut a connection, and polling helpers.
+//! PostgreSQL database, a TCP proxy that can cut a connection, private RabbitMQ and
+//! PostgreSQL servers, and polling helpers.
 //!
 //! Everything a test creates carries a random prefix and is removed on `Drop`, so tests
 //! run in parallel and leave nothing behind.
@@ -7,6 +8,9 @@
 pub mod broker;
 pub mod db;
 pub mod proxy;
+pub mod services;
+
+pub use services::free_port;
 
 use std::{future::Future, time::Duration};
 
