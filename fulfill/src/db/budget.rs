@@ -37,7 +37,7 @@ pub async fn take_slot(
     cap: std::time::Duration,
     bound: Option<std::time::Duration>,
 ) -> QueryResult<Slot> {
-    let rows: Vec<Wait> = diesel::sql_query(
+    let rows: Vec<Wait> = super::prepared::prepared(
         "WITH now AS (SELECT clock_timestamp() AS t), \
          slot AS (SELECT GREATEST(LEAST(b.next_slot, now.t + make_interval(secs => $2)), now.t) AS at, now.t \
                   FROM stripe_rate_budget b, now WHERE b.name = $4 FOR UPDATE OF b), \
@@ -76,7 +76,7 @@ pub async fn pause(
     pause: std::time::Duration,
     cap: std::time::Duration,
 ) -> QueryResult<()> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "UPDATE stripe_rate_budget \
          SET next_slot = GREATEST(LEAST(next_slot, clock_timestamp() + make_interval(secs => $2)), \
                                   clock_timestamp() + make_interval(secs => LEAST($1, $2))) \
@@ -92,7 +92,7 @@ pub async fn pause(
 
 /// Creates budget `name` with its next slot free now (a no-op when it exists).
 async fn create(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<()> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "INSERT INTO stripe_rate_budget (name, next_slot) VALUES ($1, clock_timestamp()) \
          ON CONFLICT (name) DO NOTHING",
     )

@@ -48,7 +48,7 @@ pub async fn insert(
     ttl_secs: i64,
     reason: Option<&str>,
 ) -> QueryResult<Hold> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "INSERT INTO holds (hold_id, account, user_id, amount, reason, expires_at) \
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
          RETURNING hold_id, account, user_id, amount, status, captured, reason, expires_at, settled",

@@ -99,7 +99,7 @@ pub async fn append_entry(
     conn: &mut AsyncPgConnection,
     entry: &NewEntry<'_>,
 ) -> QueryResult<Option<Appended>> {
-    let written: Option<Written> = diesel::sql_query(
+    let written: Option<Written> = super::prepared::prepared(
         "WITH b AS ( \
             INSERT INTO balances (account, user_id, credits, sequence) VALUES ($1, $2, $3, 1) \
             ON CONFLICT (account, user_id) DO UPDATE \
@@ -133,7 +133,7 @@ pub async fn append_entry(
     let Some(written) = written else {
         // The key exists: this entry was written before. Undo the balance move (the row
         // is locked by it, so nothing came in between).
-        diesel::sql_query(
+        super::prepared::prepared(
             "UPDATE balances SET credits = credits - $3, sequence = sequence - 1 \
              WHERE account = $1 AND user_id = $2",
         )
@@ -252,7 +252,7 @@ struct ComponentTotal {
 /// Sums a session's entries by component. Entries from before components were recorded
 /// (or from an older release during a rollout) are filed by their reason.
 pub async fn applied(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<Applied> {
-    let rows: Vec<ComponentTotal> = diesel::sql_query(
+    let rows: Vec<ComponentTotal> = super::prepared::prepared(
         "SELECT COALESCE(component, CASE reason \
                 WHEN 'purchase' THEN 'purchase' WHEN 'refund' THEN 'refund' \
                 WHEN 'dispute' THEN 'dispute' WHEN 'dispute_won' THEN 'dispute' END) AS component, \

@@ -91,7 +91,7 @@ pub(super) async fn consume_and_announce(
     amount: i64,
     event: &EntryRow,
 ) -> QueryResult<()> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "WITH ordered AS ( \
              SELECT id, remaining, \
                     sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $3, false) DESC, \

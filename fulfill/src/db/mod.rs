@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod locks;
 pub mod lots;
 pub mod outbox;
+pub mod prepared;
 pub mod schema;
 pub mod sessions;
 pub mod spending;

@@ -178,7 +178,7 @@ pub async fn claim_fetch(
         .await?;
     // One clock reading for both the lease and the returned `now`: `now` identifies the
     // holder ([`release_fetch`]).
-    let claim: Claim = diesel::sql_query(
+    let claim: Claim = super::prepared::prepared(
         "WITH t AS (SELECT clock_timestamp() AS now), \
          claimed AS ( \
             UPDATE checkout_sessions SET fetch_lease_until = t.now + make_interval(secs => $2) \
@@ -204,7 +204,7 @@ pub async fn release_fetch(
 ) -> QueryResult<()> {
     // Only the holder's own lease: one that expired and was taken by another fulfillment
     // since carries another `now`, and stays.
-    diesel::sql_query(
+    super::prepared::prepared(
         "UPDATE checkout_sessions SET fetch_lease_until = NULL \
          WHERE session_id = $1 AND fetch_lease_until = $2 + make_interval(secs => $3)",
     )

@@ -8,11 +8,12 @@
 //! below zero through spending.
 
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, dsl::sql, sql_types::BigInt,
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, QueryableByName,
+    sql_types::{BigInt, Text},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::schema::{balances, holds};
+use super::schema::balances;
 
 /// `credits` (the ledger's sum), `held` (what active holds reserve) and the counter of
 /// the user's entries.
@@ -83,12 +84,18 @@ pub async fn totals(
 
 /// What the user's active, unexpired holds reserve (by the database's clock).
 pub async fn held(conn: &mut AsyncPgConnection, account: &str, user_id: &str) -> QueryResult<i64> {
-    holds::table
-        .filter(holds::account.eq(account))
-        .filter(holds::user_id.eq(user_id))
-        .filter(holds::status.eq("active"))
-        .filter(holds::expires_at.gt(diesel::dsl::now))
-        .select(sql::<BigInt>("COALESCE(SUM(amount), 0)::int8"))
-        .first(conn)
-        .await
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = BigInt)]
+        held: i64,
+    }
+    super::prepared::prepared(
+        "SELECT COALESCE(SUM(amount), 0)::int8 AS held FROM holds \
+          WHERE account = $1 AND user_id = $2 AND status = 'active' AND expires_at > now()",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Text, _>(user_id)
+    .get_result::<Held>(conn)
+    .await
+    .map(|h| h.held)
 }
