@@ -11,7 +11,7 @@ use e2e::{
     devstack::{LeftoverGuard, Up, binary_command, processes_using},
     free_port, log_dir,
 };
-use test_support::services::port_open;
+use test_support::services::{port_open, service_dir};
 
 /// A port in `line` after `127.0.0.1:`.
 fn port_in(line: &str) -> u16 {
@@ -34,8 +34,25 @@ fn balance(out: &std::process::Output) -> String {
     text
 }
 
+/// Where the private servers keep their data: under `data`, or (root in a folder other
+/// users cannot enter, e.g. a `mktemp -d` clone) the folders `service_dir` moved them to.
+fn server_dirs(data: &Path) -> Vec<std::path::PathBuf> {
+    vec![
+        data.to_path_buf(),
+        service_dir(data, "rabbitmq").unwrap(),
+        service_dir(data, "postgres").unwrap(),
+    ]
+}
+
+fn left_running(data: &Path) -> Vec<u32> {
+    server_dirs(data)
+        .iter()
+        .flat_map(|d| processes_using(d))
+        .collect()
+}
+
 /// Ctrl-C; everything stops: the services, and the private servers (ports closed, no
-/// process left running from the data folder).
+/// process left running from the data folders).
 fn stop_everything(up: &mut Up, data: &Path, ports: &[u16]) {
     let status = up.interrupt();
     assert!(status.success(), "{status:?}\n{}", up.output());
@@ -55,11 +72,11 @@ fn stop_everything(up: &mut Up, data: &Path, ports: &[u16]) {
     }
     // Exiting is not being left behind: a server's last process may take a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !processes_using(data).is_empty() && std::time::Instant::now() < deadline {
+    while !left_running(data).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        processes_using(data),
+        left_running(data),
         Vec::<u32>::new(),
         "processes left running from {}",
         data.display()
@@ -111,7 +128,13 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
             "the taken port is replaced by a free one"
         );
         assert_eq!(pg, pg_port, "the configured port is used when free");
-        assert!(data.join("rabbitmq").is_dir() && data.join("postgres/data").is_dir());
+        assert!(
+            service_dir(&data, "rabbitmq").unwrap().is_dir()
+                && service_dir(&data, "postgres")
+                    .unwrap()
+                    .join("data")
+                    .is_dir()
+        );
         up.wait_for("(private)", Duration::from_secs(1));
         (up, vec![rabbit, pg, ingest_port, fulfill_port])
     };
