@@ -18,7 +18,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::schema::{balances, ledger_entries};
+use super::schema::ledger_entries;
 use crate::domain::target::{Component, Components};
 
 #[derive(Debug, Clone, Default)]
@@ -183,22 +183,6 @@ pub async fn find(
         .first(conn)
         .await
         .optional()
-}
-
-/// The user's balance; 0 for a user never credited.
-pub async fn balance(
-    conn: &mut AsyncPgConnection,
-    account: &str,
-    user_id: &str,
-) -> QueryResult<i64> {
-    balances::table
-        .select(balances::credits)
-        .filter(balances::account.eq(account))
-        .filter(balances::user_id.eq(user_id))
-        .first::<i64>(conn)
-        .await
-        .optional()
-        .map(Option::unwrap_or_default)
 }
 
 /// The user's entries, oldest first, after entry id `after` (0 for the start).

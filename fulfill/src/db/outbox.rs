@@ -10,6 +10,8 @@ use diesel::{ExpressionMethods, QueryDsl, QueryResult, Queryable, Selectable, Se
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Value, json};
 
+use crate::domain::account;
+
 use super::{
     ledger::{Appended, NewEntry},
     schema::credit_events,
@@ -23,15 +25,6 @@ pub fn routing_key(reason: &str) -> String {
     format!("credits.{reason}")
 }
 
-/// An event's `account`: the connected account's id, `null` for the platform's users.
-fn account_field(account: &str) -> Value {
-    if account.is_empty() {
-        Value::Null
-    } else {
-        Value::from(account)
-    }
-}
-
 /// The event of a ledger entry, as CONTRACT.md "Credit events" spells it.
 pub fn entry_event(
     event_id: &str,
@@ -43,7 +36,7 @@ pub fn entry_event(
         "id": event_id,
         "type": routing_key(entry.reason),
         "user_id": entry.user_id,
-        "account": account_field(entry.account),
+        "account": account::shown(entry.account),
         "delta": entry.delta,
         "credits_after": appended.credits_after,
         "sequence": appended.sequence,
@@ -114,7 +107,7 @@ pub async fn announce_attention(
         "id": event_id,
         "type": NEEDS_ATTENTION,
         "user_id": user_id,
-        "account": account_field(account),
+        "account": account::shown(account),
         "delta": Value::Null,
         "credits_after": Value::Null,
         "sequence": Value::Null,

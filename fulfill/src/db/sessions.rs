@@ -40,11 +40,7 @@ pub struct SessionRow {
 }
 
 fn account_or_null<S: serde::Serializer>(account: &str, s: S) -> Result<S::Ok, S::Error> {
-    if account.is_empty() {
-        s.serialize_none()
-    } else {
-        s.serialize_str(account)
-    }
+    serde::Serialize::serialize(&crate::domain::account::shown(account), s)
 }
 
 /// The fields a fulfillment run writes. `None` leaves a column as it is.
@@ -114,19 +110,8 @@ pub async fn lock_or_create(
         .await
 }
 
-pub async fn update(
-    conn: &mut AsyncPgConnection,
-    session_id: &str,
-    changes: &SessionUpdate<'_>,
-) -> QueryResult<SessionRow> {
-    diesel::update(checkout_sessions::table.find(session_id))
-        .set((changes, checkout_sessions::updated_at.eq(diesel::dsl::now)))
-        .returning(SessionRow::as_returning())
-        .get_result(conn)
-        .await
-}
-
-/// [`update`] and [`release_fetch`] of the lease taken at `held_since`, in one statement.
+/// Writes `changes` and gives back the fetch lease taken at `held_since` (as
+/// [`release_fetch`] does), in one statement.
 pub async fn update_and_release(
     conn: &mut AsyncPgConnection,
     session_id: &str,

@@ -56,6 +56,12 @@ impl Account {
     }
 }
 
+/// A stored account as the API and credit events show it: `None` (`null`) for the
+/// platform's `''`, else the `acct_…` id.
+pub fn shown(stored: &str) -> Option<&str> {
+    (!stored.is_empty()).then_some(stored)
+}
+
 impl fmt::Display for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.id().unwrap_or("platform"))
@@ -83,6 +89,8 @@ mod tests {
         assert_eq!(platform.id(), None);
         assert_eq!(platform.budget_name(), "stripe");
         assert_eq!(Account::from_stored("").unwrap(), Account::PLATFORM);
+        assert_eq!(shown(""), None);
+        assert_eq!(shown("acct_1X"), Some("acct_1X"));
     }
 
     #[test]

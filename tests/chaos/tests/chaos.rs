@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chaos::{PrivatePostgres, PrivateRabbit};
+use chaos::{PrivatePostgres, PrivateRabbit, fulfill_proc, ledger_counts};
 use e2e::{Proc, binaries, free_port, log_dir, wait_ok};
 use fake_stripe::{FakeStripe, Knobs, PriceSpec, SessionSpec};
 use futures_util::{StreamExt, stream};
@@ -46,63 +46,6 @@ struct Figures {
     answered_5xx: AtomicU64,
     connection_errors: AtomicU64,
     kills: AtomicU64,
-}
-
-fn fulfill_proc(
-    i: u64,
-    rabbit: &PrivateRabbit,
-    pg: &PrivatePostgres,
-    stripe: &str,
-    logs: &std::path::Path,
-) -> (Proc, String) {
-    let port = free_port();
-    let p = Proc::start(
-        &format!("fulfill-{i}"),
-        &binaries().join("fulfill"),
-        &[],
-        &[
-            ("DATABASE_URL", pg.url()),
-            ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
-            ("STRIPE_API_BASE", stripe.to_owned()),
-            ("STRIPE_RATE_LIMIT", "1000".into()),
-            ("STRIPE_TIMEOUT_MS", "1500".into()),
-            ("STRIPE_BACKOFF_BASE_MS", "50".into()),
-            ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
-            ("FULFILL_MAX_ATTEMPTS", "1000".into()),
-            ("FULFILL_RETRY_BASE_MS", "200".into()),
-            ("FULFILL_RETRY_MAX_MS", "2000".into()),
-            ("FULFILL_CONCURRENCY", "16".into()),
-            ("AMQP_URL", rabbit.url()),
-            ("AMQP_TOPOLOGY_PREFIX", PREFIX.into()),
-        ],
-        logs,
-    );
-    (p, format!("http://127.0.0.1:{port}"))
-}
-
-/// `(sessions credited twice, purchase entries)` from the ledger.
-async fn ledger_counts(url: &str) -> (i64, i64) {
-    use diesel::{QueryableByName, sql_query, sql_types::BigInt};
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let mut db = AsyncPgConnection::establish(url).await.unwrap();
-    let doubled: Count = sql_query(
-        "SELECT count(*) AS n FROM (SELECT stripe_session_id FROM ledger_entries \
-         WHERE reason = 'purchase' GROUP BY stripe_session_id HAVING count(*) > 1) d",
-    )
-    .get_result(&mut db)
-    .await
-    .unwrap();
-    let credited: Count =
-        sql_query("SELECT count(*) AS n FROM ledger_entries WHERE reason = 'purchase'")
-            .get_result(&mut db)
-            .await
-            .unwrap();
-    (doubled.n, credited.n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +114,14 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
     // The processes.
     let mut fulfills = Vec::new();
     for i in 0..2 {
-        fulfills.push(fulfill_proc(i, &rabbit, &pg, &stripe.base_url(), &logs));
+        fulfills.push(fulfill_proc(
+            i,
+            &rabbit.url(),
+            &pg.url(),
+            PREFIX,
+            &stripe.base_url(),
+            &logs,
+        ));
     }
     for (_, url) in &fulfills {
         assert!(wait_ok(&client, &format!("{url}/readyz"), Duration::from_secs(60)).await);
@@ -324,7 +274,14 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
                     p.wait(Duration::from_secs(5));
                     figures.kills.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(500));
-                    fulfills.push(fulfill_proc(n, &rabbit, &pg, &stripe_url, &logs));
+                    fulfills.push(fulfill_proc(
+                        n,
+                        &rabbit.url(),
+                        &pg.url(),
+                        PREFIX,
+                        &stripe_url,
+                        &logs,
+                    ));
                     n += 1;
                     next_kill =
                         Instant::now() + Duration::from_millis(rng.random_range(1500..4000));

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chaos::PrivateRabbit;
+use chaos::{PrivateRabbit, fulfill_proc, ledger_counts};
 use e2e::{Proc, binaries, free_port, log_dir, wait_ok};
 use fake_stripe::{FakeStripe, PriceSpec, SessionSpec};
 use futures_util::{StreamExt, stream};
@@ -66,62 +66,6 @@ struct Outages {
     restart_at: Option<Instant>,
     restarted: String,
     restarted_at: Option<Instant>,
-}
-
-fn fulfill_proc(
-    i: usize,
-    urls: &str,
-    db: &str,
-    stripe: &str,
-    logs: &std::path::Path,
-) -> (Proc, String) {
-    let port = free_port();
-    let p = Proc::start(
-        &format!("fulfill-{i}"),
-        &binaries().join("fulfill"),
-        &[],
-        &[
-            ("DATABASE_URL", db.to_owned()),
-            ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
-            ("STRIPE_API_BASE", stripe.to_owned()),
-            ("STRIPE_RATE_LIMIT", "1000".into()),
-            ("STRIPE_TIMEOUT_MS", "1500".into()),
-            ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
-            ("FULFILL_MAX_ATTEMPTS", "1000".into()),
-            ("FULFILL_RETRY_BASE_MS", "200".into()),
-            ("FULFILL_RETRY_MAX_MS", "2000".into()),
-            ("FULFILL_CONCURRENCY", "16".into()),
-            ("AMQP_URL", urls.to_owned()),
-            ("AMQP_TOPOLOGY_PREFIX", PREFIX.into()),
-        ],
-        logs,
-    );
-    (p, format!("http://127.0.0.1:{port}"))
-}
-
-/// `(sessions credited twice, purchase entries)` from the ledger.
-async fn ledger_counts(url: &str) -> (i64, i64) {
-    use diesel::{QueryableByName, sql_query, sql_types::BigInt};
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let mut db = AsyncPgConnection::establish(url).await.unwrap();
-    let doubled: Count = sql_query(
-        "SELECT count(*) AS n FROM (SELECT stripe_session_id FROM ledger_entries \
-         WHERE reason = 'purchase' GROUP BY stripe_session_id HAVING count(*) > 1) d",
-    )
-    .get_result(&mut db)
-    .await
-    .unwrap();
-    let credited: Count =
-        sql_query("SELECT count(*) AS n FROM ledger_entries WHERE reason = 'purchase'")
-            .get_result(&mut db)
-            .await
-            .unwrap();
-    (doubled.n, credited.n)
 }
 
 /// The checkout queue's leader and members, asked of the first node that answers.
@@ -287,7 +231,7 @@ async fn a_three_node_cluster_credits_every_accepted_purchase_once_through_a_lea
         .await
         .unwrap();
     let (fulfills, apis): (Vec<Proc>, Vec<String>) = (0..2)
-        .map(|i| fulfill_proc(i, &urls, &db.url, &stripe.base_url(), &logs))
+        .map(|i| fulfill_proc(i, &urls, &db.url, PREFIX, &stripe.base_url(), &logs))
         .unzip();
     for api in &apis {
         assert!(wait_ok(&client, &format!("{api}/readyz"), Duration::from_secs(60)).await);
