@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -46,6 +46,25 @@ struct Figures {
     answered_5xx: AtomicU64,
     connection_errors: AtomicU64,
     kills: AtomicU64,
+}
+
+/// Shares of the accepted deliveries at which RabbitMQ and then PostgreSQL restart.
+const RABBIT_AT: f64 = 0.25;
+const POSTGRES_AT: f64 = 0.55;
+
+/// Which outages have begun.
+#[derive(Default)]
+struct Outages {
+    rabbit: AtomicBool,
+    postgres: AtomicBool,
+}
+
+impl Outages {
+    /// Whether every outage due at this share of accepted deliveries has begun.
+    fn due_ones_begun(&self, progress: f64) -> bool {
+        (progress < RABBIT_AT || self.rabbit.load(Ordering::SeqCst))
+            && (progress < POSTGRES_AT || self.postgres.load(Ordering::SeqCst))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,6 +259,10 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
     let figures = Arc::new(Figures::default());
     let accepted_ids = Arc::new(Mutex::new(HashSet::new()));
     let started = Instant::now();
+    // Each outage is due at a share of the accepted deliveries. Deliveries wait at that
+    // point until it has begun, so a fast load cannot finish while the chaos thread is
+    // busy with a kill and skip it.
+    let outages = Arc::new(Outages::default());
 
     // Chaos, driven by progress.
     let chaos = {
@@ -248,7 +271,8 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
         let pg = Arc::clone(&pg);
         let stripe_url = stripe.base_url();
         let logs = logs.clone();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outages = Arc::clone(&outages);
+        let done = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&done);
         let handle = std::thread::spawn(move || {
             let mut rng = StdRng::seed_from_u64(7);
@@ -259,11 +283,13 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
             while !flag.load(Ordering::SeqCst) {
                 let progress =
                     figures.accepted.load(Ordering::SeqCst) as f64 / total_deliveries as f64;
-                if rabbit_restarts == 0 && progress >= 0.25 {
+                if rabbit_restarts == 0 && progress >= RABBIT_AT {
+                    outages.rabbit.store(true, Ordering::SeqCst);
                     rabbit.restart(Duration::from_secs(3));
                     rabbit_restarts += 1;
                 }
-                if pg_restarts == 0 && progress >= 0.55 {
+                if pg_restarts == 0 && progress >= POSTGRES_AT {
+                    outages.postgres.store(true, Ordering::SeqCst);
                     pg.restart(Duration::from_secs(3));
                     pg_restarts += 1;
                 }
@@ -301,7 +327,13 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
             let url = format!("{ingest_url}/webhooks/stripe");
             let figures = Arc::clone(&figures);
             let accepted_ids = Arc::clone(&accepted_ids);
+            let outages = Arc::clone(&outages);
             async move {
+                while !outages.due_ones_begun(
+                    figures.accepted.load(Ordering::SeqCst) as f64 / total_deliveries as f64,
+                ) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let mut attempt = 0u32;
                 loop {
                     assert!(Instant::now() < deadline, "a delivery was never accepted");
