@@ -6,11 +6,11 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::schema::stripe_events;
 
 /// Has this event been processed (committed) before?
-pub async fn seen(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
+pub async fn seen(conn: &AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
     stripe_events::table
         .select(stripe_events::event_id)
         .filter(stripe_events::event_id.eq(event_id))
-        .first::<String>(conn)
+        .first::<String>(&mut { conn })
         .await
         .optional()
         .map(|found| found.is_some())
@@ -25,6 +25,17 @@ pub async fn record(
     object_id: Option<&str>,
     outcome: &str,
 ) -> QueryResult<bool> {
+    record_shared(conn, event_id, event_type, object_id, outcome).await
+}
+
+/// [`record`] on a shared connection, to be pipelined with other statements.
+pub async fn record_shared(
+    conn: &AsyncPgConnection,
+    event_id: &str,
+    event_type: &str,
+    object_id: Option<&str>,
+    outcome: &str,
+) -> QueryResult<bool> {
     diesel::insert_into(stripe_events::table)
         .values((
             stripe_events::event_id.eq(event_id),
@@ -33,7 +44,7 @@ pub async fn record(
             stripe_events::outcome.eq(outcome),
         ))
         .on_conflict_do_nothing()
-        .execute(conn)
+        .execute(&mut { conn })
         .await
         .map(|n| n == 1)
 }

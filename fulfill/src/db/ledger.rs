@@ -92,8 +92,9 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
 /// Call it in a transaction (every caller does): it takes the balance row lock first.
 ///
 /// Two round trips in the normal case: one statement moves the balance and writes the
-/// entry numbered with the balance's new `sequence`; one writes the lots and the credit
-/// event. When the key exists already the balance move is undone under the same lock
+/// entry numbered with the balance's new `sequence`; then the lots and the credit event
+/// (one statement when lots are consumed, two pipelined when a positive entry creates
+/// them). When the key exists already the balance move is undone under the same lock
 /// (a third round trip, only then).
 pub async fn append_entry(
     conn: &mut AsyncPgConnection,
@@ -151,8 +152,12 @@ pub async fn append_entry(
     };
     let event = super::outbox::entry_row(entry, &appended, written.created_at);
     if entry.delta > 0 {
-        super::lots::create(conn, entry, appended.entry_id, appended.credits_after).await?;
-        super::outbox::insert(conn, entry, &event).await?;
+        // Independent inserts: pipelined, one round trip for both.
+        let shared: &AsyncPgConnection = conn;
+        futures_util::try_join!(
+            super::lots::create(shared, entry, appended.entry_id, appended.credits_after),
+            super::outbox::insert(shared, entry, &event),
+        )?;
     } else {
         // A zero delta consumes nothing; the statement still writes the event.
         super::lots::consume_and_announce(conn, entry, -entry.delta, &event).await?;
@@ -235,7 +240,7 @@ struct ComponentTotal {
 
 /// Sums a session's entries by component. Entries from before components were recorded
 /// (or from an older release during a rollout) are filed by their reason.
-pub async fn applied(conn: &mut AsyncPgConnection, session_id: &str) -> QueryResult<Applied> {
+pub async fn applied(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Applied> {
     let rows: Vec<ComponentTotal> = super::prepared::prepared(
         "SELECT COALESCE(component, CASE reason \
                 WHEN 'purchase' THEN 'purchase' WHEN 'refund' THEN 'refund' \
@@ -244,7 +249,7 @@ pub async fn applied(conn: &mut AsyncPgConnection, session_id: &str) -> QueryRes
          FROM ledger_entries WHERE stripe_session_id = $1 GROUP BY 1",
     )
     .bind::<diesel::sql_types::Text, _>(session_id)
-    .load(conn)
+    .load(&mut { conn })
     .await?;
     let mut applied = Applied::default();
     for row in rows {

@@ -51,8 +51,9 @@ pub fn lots_for(delta: i64, specs: &[LotSpec], credits_after: i64) -> Vec<LotSpe
     lots
 }
 
+/// Takes the connection shared so that it can be pipelined with the entry's credit event.
 pub(super) async fn create(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     entry: &NewEntry<'_>,
     entry_id: i64,
     credits_after: i64,
@@ -76,7 +77,7 @@ pub(super) async fn create(
     }
     diesel::insert_into(credit_lots::table)
         .values(rows)
-        .execute(conn)
+        .execute(&mut { conn })
         .await?;
     Ok(())
 }

@@ -74,8 +74,10 @@ pub(super) fn entry_row(
 
 /// Writes an entry's row (for entries that do not consume lots; those write it with
 /// [`super::lots::consume_and_announce`], in the same statement).
+///
+/// Takes the connection shared so that it can be pipelined with the entry's lots.
 pub(super) async fn insert(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     entry: &NewEntry<'_>,
     row: &EntryRow,
 ) -> QueryResult<()> {
@@ -88,7 +90,7 @@ pub(super) async fn insert(
             credit_events::sequence.eq(row.sequence),
             credit_events::payload.eq(&row.payload),
         ))
-        .execute(conn)
+        .execute(&mut { conn })
         .await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use diesel::{
     AsChangeset, BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl,
-    QueryResult, Queryable, Selectable, SelectableHelper,
+    QueryResult, Queryable, QueryableByName, Selectable, SelectableHelper,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::schema::checkout_sessions;
 pub use crate::domain::session::SessionState;
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
 #[diesel(table_name = checkout_sessions)]
 pub struct SessionRow {
     pub session_id: String,
@@ -63,14 +63,25 @@ pub struct SessionUpdate<'a> {
     pub view_started_at: Option<DateTime<Utc>>,
 }
 
-pub async fn find(
-    conn: &mut AsyncPgConnection,
-    session_id: &str,
-) -> QueryResult<Option<SessionRow>> {
+pub async fn find(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Option<SessionRow>> {
     checkout_sessions::table
         .find(session_id)
         .select(SessionRow::as_select())
-        .first(conn)
+        .first(&mut { conn })
+        .await
+        .optional()
+}
+
+/// Locks the session's row until the caller's transaction ends, if it exists. Takes the
+/// connection shared so that the next read can be pipelined behind it (statements on one
+/// connection run in order, so that read still sees everything committed before the lock
+/// was granted).
+pub async fn lock(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Option<SessionRow>> {
+    checkout_sessions::table
+        .find(session_id)
+        .select(SessionRow::as_select())
+        .for_update()
+        .first(&mut { conn })
         .await
         .optional()
 }
@@ -112,8 +123,9 @@ pub async fn lock_or_create(
 
 /// Writes `changes` and gives back the fetch lease taken at `held_since` (as
 /// [`release_fetch`] does), in one statement.
+/// Takes the connection shared so that it can be pipelined with the event's record.
 pub async fn update_and_release(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     session_id: &str,
     changes: &SessionUpdate<'_>,
     held_since: DateTime<Utc>,
@@ -131,51 +143,95 @@ pub async fn update_and_release(
             .sql(" THEN NULL ELSE fetch_lease_until END")),
         ))
         .returning(SessionRow::as_returning())
-        .get_result(conn)
+        .get_result(&mut { conn })
         .await
 }
 
-#[derive(diesel::QueryableByName)]
-struct Claim {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    claimed: bool,
+#[derive(QueryableByName)]
+struct ClaimRow {
+    #[diesel(embed)]
+    session: SessionRow,
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     now: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    inserted: bool,
+}
+
+/// What [`claim_fetch`] found.
+#[derive(Debug)]
+pub struct Claim {
+    /// Whether this caller now holds the lease.
+    pub claimed: bool,
+    /// The session's row as it is now (with the lease when claimed); `None` only when
+    /// another fulfillment removed it in between.
+    pub row: Option<SessionRow>,
+    /// Whether the row was created by this claim (nothing was recorded for it before).
+    pub inserted: bool,
+    /// The database's clock at the claim: when a fetch starting now started, and (when
+    /// claimed) the lease's identity ([`release_fetch`]).
+    pub now: DateTime<Utc>,
 }
 
 /// Takes the fetch lease of a session (creating its row if needed) unless another
-/// fulfillment holds an unexpired one. Returns whether this caller now holds it, and the
-/// database's clock at that moment (when a fetch starting now started).
+/// fulfillment holds an unexpired one, and returns the row as it is after that: one
+/// statement when the lease is free (an upsert returns the latest committed row, even
+/// after waiting for another transaction's lock), two when it is held.
 pub async fn claim_fetch(
     conn: &mut AsyncPgConnection,
     account: &str,
     session_id: &str,
     lease: std::time::Duration,
-) -> QueryResult<(bool, DateTime<Utc>)> {
-    diesel::insert_into(checkout_sessions::table)
-        .values((
-            checkout_sessions::session_id.eq(session_id),
-            checkout_sessions::account.eq(account),
-            checkout_sessions::state.eq(SessionState::Pending),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    // One clock reading for both the lease and the returned `now`: `now` identifies the
-    // holder ([`release_fetch`]).
-    let claim: Claim = super::prepared::prepared(
-        "WITH t AS (SELECT clock_timestamp() AS now), \
-         claimed AS ( \
-            UPDATE checkout_sessions SET fetch_lease_until = t.now + make_interval(secs => $2) \
-            FROM t WHERE session_id = $1 AND (fetch_lease_until IS NULL OR fetch_lease_until < t.now) \
-            RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, t.now AS now FROM t",
+) -> QueryResult<Claim> {
+    // One clock reading for the lease and the returned `now`: `now` identifies the holder.
+    let claimed: Option<ClaimRow> = super::prepared::prepared(
+        "INSERT INTO checkout_sessions AS s (session_id, account, state, fetch_lease_until) \
+         VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4)) \
+         ON CONFLICT (session_id) DO UPDATE SET fetch_lease_until = EXCLUDED.fetch_lease_until \
+         WHERE s.fetch_lease_until IS NULL OR s.fetch_lease_until < clock_timestamp() \
+         RETURNING s.*, s.fetch_lease_until - make_interval(secs => $4) AS now, \
+                   (s.xmax = 0) AS inserted",
     )
     .bind::<diesel::sql_types::Text, _>(session_id)
+    .bind::<diesel::sql_types::Text, _>(account)
+    .bind::<diesel::sql_types::Text, _>(SessionState::Pending.as_str())
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
     .get_result(conn)
-    .await?;
-    Ok((claim.claimed, claim.now))
+    .await
+    .optional()?;
+    if let Some(c) = claimed {
+        return Ok(Claim {
+            claimed: true,
+            row: Some(c.session),
+            inserted: c.inserted,
+            now: c.now,
+        });
+    }
+    let held: Option<ClaimRow> = super::prepared::prepared(
+        "SELECT s.*, clock_timestamp() AS now, false AS inserted \
+         FROM checkout_sessions s WHERE session_id = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(session_id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let now = match &held {
+        Some(h) => h.now,
+        None => clock(conn).await?,
+    };
+    Ok(Claim {
+        claimed: false,
+        row: held.map(|h| h.session),
+        inserted: false,
+        now,
+    })
+}
+
+async fn clock(conn: &mut AsyncPgConnection) -> QueryResult<DateTime<Utc>> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+        "clock_timestamp()",
+    ))
+    .get_result(conn)
+    .await
 }
 
 /// How long a fetch lease lasts unless given back (a crashed holder's runs out).

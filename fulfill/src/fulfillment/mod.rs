@@ -124,18 +124,29 @@ impl EventOutcome {
             Self::AlreadySettled(_) => "already_final",
             Self::NotFromCheckout => "not_from_checkout",
             Self::WrongMode => "wrong_mode",
-            Self::Converged { state, change } => match (state.credited_now, change) {
-                (true, _) => "credited",
-                (false, LedgerChange::MovedBelowZero) => "flagged",
-                (false, LedgerChange::Moved) => "reversed",
-                (false, LedgerChange::StaleView) => "stale_view",
-                (false, LedgerChange::None) => match state.state {
-                    SessionState::Credited => "already_credited",
-                    SessionState::Pending => "pending",
-                    SessionState::NeedsAttention => "needs_attention",
-                    SessionState::Failed => "failed",
-                    SessionState::Expired => "expired",
-                },
+            Self::Converged { state, change } => {
+                Self::converged_label(state.state, state.credited_now, *change)
+            }
+        }
+    }
+
+    /// The label of a convergence that left the session in `state`.
+    pub fn converged_label(
+        state: SessionState,
+        credited_now: bool,
+        change: LedgerChange,
+    ) -> &'static str {
+        match (credited_now, change) {
+            (true, _) => "credited",
+            (false, LedgerChange::MovedBelowZero) => "flagged",
+            (false, LedgerChange::Moved) => "reversed",
+            (false, LedgerChange::StaleView) => "stale_view",
+            (false, LedgerChange::None) => match state {
+                SessionState::Credited => "already_credited",
+                SessionState::Pending => "pending",
+                SessionState::NeedsAttention => "needs_attention",
+                SessionState::Failed => "failed",
+                SessionState::Expired => "expired",
             },
         }
     }
@@ -209,43 +220,64 @@ impl Fulfiller {
         let object_id = envelope
             .object_id()
             .ok_or_else(|| FulfillError::Malformed("data.object.id is missing".into()))?;
-        // A redelivered event costs one indexed read and no Stripe call, whatever its type.
-        {
-            let mut conn = self.pool.get().await?;
-            if db::events::seen(&mut conn, envelope.id.as_str()).await? {
-                return Ok(EventOutcome::Duplicate);
+        let checkout_id = match event_type.object_kind() {
+            ObjectKind::CheckoutSession => Some(
+                CheckoutSessionId::parse(&object_id)
+                    .map_err(|e| FulfillError::Malformed(format!("data.object.id: {e}")))?,
+            ),
+            _ => None,
+        };
+        // A redelivered event costs one indexed read and no Stripe call, whatever its type;
+        // for a session's own events the session's row is read in the same round trip.
+        let (seen, known) = {
+            let conn = self.pool.get().await?;
+            let shared: &AsyncPgConnection = &conn;
+            match &checkout_id {
+                Some(id) => {
+                    let (seen, row) = futures_util::try_join!(
+                        db::events::seen(shared, envelope.id.as_str()),
+                        sessions::find(shared, id.as_str()),
+                    )?;
+                    (seen, Some(row))
+                }
+                None => (db::events::seen(shared, envelope.id.as_str()).await?, None),
             }
+        };
+        if seen {
+            return Ok(EventOutcome::Duplicate);
         }
         let event = EventRef {
             id: &envelope.id,
             event_type,
         };
-        let (session_id, cue) = if event_type.object_kind() == ObjectKind::CheckoutSession {
-            let id = CheckoutSessionId::parse(&object_id)
-                .map_err(|e| FulfillError::Malformed(format!("data.object.id: {e}")))?;
-            (id, Cue::Checkout(event_type))
-        } else {
-            let hint = money::Hint::from_envelope(&envelope, event_type, &object_id)?;
-            match self.session_for(&account, &hint).await? {
-                Some(id) => (id, hint.cue),
-                None => {
-                    self.record(event, &object_id, EventOutcome::NotFromCheckout)
-                        .await?;
-                    return Ok(EventOutcome::NotFromCheckout);
+        let (session_id, cue) = match checkout_id {
+            Some(id) => (id, Cue::Checkout(event_type)),
+            None => {
+                let hint = money::Hint::from_envelope(&envelope, event_type, &object_id)?;
+                match self.session_for(&account, &hint).await? {
+                    Some(id) => (id, hint.cue),
+                    None => {
+                        self.record(event, &object_id, EventOutcome::NotFromCheckout)
+                            .await?;
+                        return Ok(EventOutcome::NotFromCheckout);
+                    }
                 }
             }
         };
         span.record("session_id", session_id.as_str());
         // An event for a session already settled for it costs no Stripe call either.
+        let row = match known {
+            Some(row) => row,
+            None => sessions::find(&*self.pool.get().await?, session_id.as_str()).await?,
+        };
+        if let Some(row) = row
+            && same_account(&row, &account)?
+            && row.state.settles(&cue)
         {
-            let mut conn = self.pool.get().await?;
-            if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await?
-                && same_account(&row, &account)?
-                && row.state.settles(&cue)
             {
                 let outcome = EventOutcome::AlreadySettled(row.state);
                 db::events::record(
-                    &mut conn,
+                    &mut *self.pool.get().await?,
                     envelope.id.as_str(),
                     event_type.as_str(),
                     Some(session_id.as_str()),
@@ -455,11 +487,14 @@ impl Fulfiller {
         let deadline = tokio::time::Instant::now() + FETCH_LEASE * 2;
         loop {
             let mut conn = self.pool.get().await?;
-            let (claimed, now) =
-                sessions::claim_fetch(&mut conn, account.key(), session_id.as_str(), FETCH_LEASE)
-                    .await?;
-            // Checked after claiming: the previous holder may have committed just before.
-            if let Some(row) = sessions::find(&mut conn, session_id.as_str()).await? {
+            let sessions::Claim {
+                claimed,
+                row,
+                inserted,
+                now,
+            } = sessions::claim_fetch(&mut conn, account.key(), session_id.as_str(), FETCH_LEASE)
+                .await?;
+            if let Some(row) = row {
                 if row.account != account.key() {
                     if claimed {
                         sessions::release_fetch(&mut conn, session_id.as_str(), now).await?;
@@ -468,8 +503,10 @@ impl Fulfiller {
                 }
                 let settled = match (cue, event) {
                     (Cue::Direct, _) => row.state == SessionState::Credited,
+                    // A row this claim created has nothing recorded against it yet.
                     (_, Some(e)) => {
-                        row.state.settles(cue) || db::events::seen(&mut conn, e.id.as_str()).await?
+                        row.state.settles(cue)
+                            || (!inserted && db::events::seen(&conn, e.id.as_str()).await?)
                     }
                     (_, None) => row.state.settles(cue),
                 };
@@ -559,8 +596,8 @@ impl Fulfiller {
         account: &Account,
         session_id: &CheckoutSessionId,
     ) -> Result<Option<FulfillmentState>, FulfillError> {
-        let mut conn = self.pool.get().await?;
-        Ok(sessions::find(&mut conn, session_id.as_str())
+        let conn = self.pool.get().await?;
+        Ok(sessions::find(&conn, session_id.as_str())
             .await?
             .filter(|row| row.account == account.key())
             .map(|row| FulfillmentState::from_row(&row, false)))

@@ -51,7 +51,20 @@ pub(super) async fn apply(
     event: Option<EventRef<'_>>,
     policy: RefundPolicy,
 ) -> Result<Persisted, FulfillError> {
-    let row = sessions::lock_or_create(conn, account.key(), session_id.as_str()).await?;
+    // The row lock and the session's entries in one round trip (taking the fetch lease
+    // created the row; when it is gone, create it, lock it and read again).
+    let shared: &AsyncPgConnection = conn;
+    let (locked, applied) = futures_util::try_join!(
+        sessions::lock(shared, session_id.as_str()),
+        ledger::applied(shared, session_id.as_str()),
+    )?;
+    let (row, applied) = match locked {
+        Some(row) => (row, applied),
+        None => {
+            let row = sessions::lock_or_create(conn, account.key(), session_id.as_str()).await?;
+            (row, ledger::applied(conn, session_id.as_str()).await?)
+        }
+    };
     super::same_account(&row, account)?;
     let event_id = event.map(|e| e.id.as_str());
     let object_id = match cue {
@@ -76,7 +89,6 @@ pub(super) async fn apply(
         return Ok(persisted);
     }
 
-    let applied = ledger::applied(conn, session_id.as_str()).await?;
     let recorded = Recorded {
         state: row.state,
         credited: (row.state == SessionState::Credited)
@@ -199,22 +211,39 @@ pub(super) async fn apply(
         )
         .await?;
     }
-    let row =
-        sessions::update_and_release(conn, session_id.as_str(), &update, view.started).await?;
     let change = match (plan.moves.is_empty(), balance_below_zero) {
         (true, _) => LedgerChange::None,
         (false, false) => LedgerChange::Moved,
         (false, true) => LedgerChange::MovedBelowZero,
     };
-    let persisted = Persisted {
+    // The session's new state and the event's record are independent: pipelined.
+    let shared: &AsyncPgConnection = conn;
+    let record = async {
+        match event {
+            Some(e) => db::events::record_shared(
+                shared,
+                e.id.as_str(),
+                e.event_type.as_str(),
+                Some(session_id.as_str()),
+                super::EventOutcome::converged_label(plan.state, newly_credited, change),
+            )
+            .await
+            .map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    let (row, ()) = futures_util::try_join!(
+        sessions::update_and_release(shared, session_id.as_str(), &update, view.started),
+        record,
+    )?;
+    debug_assert_eq!(row.state, plan.state);
+    Ok(Persisted {
         state: FulfillmentState::from_row(&row, newly_credited),
         change,
         granted,
         taken_back,
         newly_needs_attention,
-    };
-    record_event(conn, session_id, event, &persisted).await?;
-    Ok(persisted)
+    })
 }
 
 async fn record_event(

@@ -72,6 +72,9 @@ pub enum RateLimiter {
     Shared {
         pool: Pool,
         interval: Duration,
+        /// Slots taken from the row but not used yet, per account: at high budgets
+        /// ([`block_size`] > 1) one update takes the next [`BLOCK_SPAN`] of slots.
+        blocks: std::sync::Mutex<HashMap<Account, Block>>,
     },
 }
 
@@ -98,6 +101,7 @@ impl RateLimiter {
         Self::Shared {
             pool,
             interval: interval(per_second),
+            blocks: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,23 +146,50 @@ impl RateLimiter {
                 *next = slot + *interval;
                 wait
             }
-            Self::Shared { pool, interval } => {
-                let mut conn = pool
-                    .get()
+            Self::Shared {
+                pool,
+                interval,
+                blocks,
+            } => {
+                let taken = blocks
+                    .lock()
+                    .ok()
+                    .and_then(|mut b| b.get_mut(account)?.take(Instant::now(), *interval));
+                if let Some(wait) = taken.filter(|w| bound.is_none_or(|b| *w <= b)) {
+                    wait
+                } else {
+                    let n = block_size(*interval);
+                    let mut conn = pool
+                        .get()
+                        .await
+                        .map_err(|e| StripeError::Budget(e.to_string()))?;
+                    let now = Instant::now();
+                    match budget::take_slot(
+                        &mut conn,
+                        &account.budget_name(),
+                        *interval * n,
+                        MAX_PAUSE,
+                        bound,
+                    )
                     .await
-                    .map_err(|e| StripeError::Budget(e.to_string()))?;
-                match budget::take_slot(
-                    &mut conn,
-                    &account.budget_name(),
-                    *interval,
-                    MAX_PAUSE,
-                    bound,
-                )
-                .await
-                .map_err(|e| StripeError::Budget(e.to_string()))?
-                {
-                    budget::Slot::Taken(wait) => wait,
-                    budget::Slot::TooFar(wait) => return Ok(Some(wait)),
+                    .map_err(|e| StripeError::Budget(e.to_string()))?
+                    {
+                        budget::Slot::Taken(wait) => {
+                            if n > 1
+                                && let Ok(mut b) = blocks.lock()
+                            {
+                                b.insert(
+                                    account.clone(),
+                                    Block {
+                                        next: now + wait + *interval,
+                                        left: n - 1,
+                                    },
+                                );
+                            }
+                            wait
+                        }
+                        budget::Slot::TooFar(wait) => return Ok(Some(wait)),
+                    }
                 }
             }
         };
@@ -180,7 +211,11 @@ impl RateLimiter {
                 let next = slots.entry(account.clone()).or_insert(now);
                 *next = (*next).max(now + pause);
             }
-            Self::Shared { pool, .. } => {
+            Self::Shared { pool, blocks, .. } => {
+                // Slots taken before the 429 are not spent after it.
+                if let Ok(mut b) = blocks.lock() {
+                    b.remove(account);
+                }
                 if let Ok(mut conn) = pool.get().await {
                     let _ =
                         budget::pause(&mut conn, &account.budget_name(), pause, MAX_PAUSE).await;
@@ -190,11 +225,83 @@ impl RateLimiter {
     }
 }
 
+/// How far ahead one update of the budget row takes slots. At the budgets Stripe grants
+/// (25 or 100 per second, or a raised limit of a few hundred) that is a single slot, as
+/// before; only a budget far above what the fleet can spend (e.g. a stand-in for Stripe
+/// in a benchmark) takes several, so that the one row is not updated on every call.
+pub const BLOCK_SPAN: Duration = Duration::from_millis(10);
+const MAX_BLOCK: u32 = 1024;
+/// How late a slot of a block may still be used (only budgets above 100/s have blocks).
+pub const LATE_AT_MOST: Duration = Duration::from_millis(50);
+
+/// Slots taken per update of the budget row: those within [`BLOCK_SPAN`], at least one.
+pub fn block_size(interval: Duration) -> u32 {
+    // Integer division: a fraction of a slot is not taken.
+    let n = BLOCK_SPAN.as_nanos() / interval.as_nanos().max(1);
+    u32::try_from(n).unwrap_or(MAX_BLOCK).clamp(1, MAX_BLOCK)
+}
+
+/// Slots of one account's budget already taken from the row.
+#[derive(Debug, Clone, Copy)]
+pub struct Block {
+    /// When the next of them is.
+    pub next: Instant,
+    pub left: u32,
+}
+
+impl Block {
+    /// The wait for the next slot of the block, if one is left and not stale: a slot more
+    /// than [`LATE_AT_MOST`] in the past is dropped rather than spent late, so that calls
+    /// bunch up by at most that much of the budget.
+    pub fn take(&mut self, now: Instant, interval: Duration) -> Option<Duration> {
+        if self.left == 0 || self.next + LATE_AT_MOST < now {
+            self.left = 0;
+            return None;
+        }
+        let wait = self.next.saturating_duration_since(now);
+        self.next += interval;
+        self.left -= 1;
+        Some(wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const P: Account = Account::PLATFORM;
+
+    #[test]
+    fn stripes_budgets_take_one_slot_per_update_and_only_huge_ones_take_more() {
+        for per_second in [1.0, 25.0, 100.0] {
+            assert_eq!(block_size(interval(per_second)), 1, "{per_second}/s");
+        }
+        assert_eq!(block_size(interval(1_000.0)), 10);
+        assert_eq!(block_size(interval(100_000.0)), 1000);
+        assert_eq!(block_size(interval(10_000_000.0)), 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_block_hands_out_its_slots_spaced_by_the_interval_then_is_empty() {
+        let now = Instant::now();
+        let step = Duration::from_millis(1);
+        let mut block = Block {
+            next: now + step,
+            left: 2,
+        };
+        assert_eq!(block.take(now, step), Some(step));
+        assert_eq!(block.take(now, step), Some(step * 2));
+        assert_eq!(block.take(now, step), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_block_is_dropped_not_spent_late() {
+        let now = Instant::now();
+        let mut block = Block { next: now, left: 5 };
+        let later = now + LATE_AT_MOST + Duration::from_millis(1);
+        assert_eq!(block.take(later, Duration::from_millis(1)), None);
+        assert_eq!(block.left, 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn spaces_calls_at_the_configured_rate() {

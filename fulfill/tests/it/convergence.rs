@@ -176,9 +176,9 @@ async fn an_async_success_read_as_unpaid_is_retried_not_recorded() {
     let (id, body) = world.event(&s, ASYNC_SUCCEEDED);
     world.publish(ASYNC_SUCCEEDED, &id, &body).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut conn = world.db.connect().await;
+    let conn = world.db.connect().await;
     assert!(
-        !fulfill::db::events::seen(&mut conn, &id).await.unwrap(),
+        !fulfill::db::events::seen(&conn, &id).await.unwrap(),
         "an unanswered cue was recorded as done"
     );
     assert_eq!(app.balance(&world.client, "lagging").await, 0);

@@ -198,8 +198,8 @@ impl World {
     /// Waits until fulfill recorded `event_id` as processed.
     pub async fn wait_event(&self, event_id: &str) {
         eventually(|| async {
-            let mut conn = self.db.connect().await;
-            fulfill::db::events::seen(&mut conn, event_id)
+            let conn = self.db.connect().await;
+            fulfill::db::events::seen(&conn, event_id)
                 .await
                 .ok()
                 .filter(|seen| *seen)

@@ -123,7 +123,7 @@ fn wrk_result(child: std::process::Child) -> anyhow::Result<WrkResult> {
 
 /// Both fulfill processes loaded at once, half the connections each.
 fn load(
-    ports: &[u16],
+    bases: &[String],
     user_prefix: &str,
     users: u32,
     seconds: u64,
@@ -131,18 +131,18 @@ fn load(
     delay_ms: Option<u64>,
     dir: &std::path::Path,
 ) -> anyhow::Result<(f64, f64, f64, f64)> {
-    let children: Vec<_> = ports
+    let children: Vec<_> = bases
         .iter()
         .enumerate()
-        .map(|(i, port)| {
+        .map(|(i, base)| {
             wrk_debits(
-                &format!("http://127.0.0.1:{port}"),
+                base,
                 Target {
                     prefix: user_prefix,
                     users,
                     delay_ms,
                 },
-                64 / ports.len(),
+                64 / bases.len(),
                 seconds,
                 &format!("{tag}{i}"),
                 dir,
@@ -161,7 +161,7 @@ fn load(
     Ok((ok, failed, p50, p99))
 }
 
-fn pgbench_tps(db: &TestDb, seconds: u64) -> anyhow::Result<f64> {
+pub fn pgbench_tps(db: &TestDb, seconds: u64) -> anyhow::Result<f64> {
     let init = Command::new("pgbench")
         .args(["-i", "-q", "-s", "16"])
         .arg(&db.url)
@@ -228,37 +228,27 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let reference = TestDb::new().await;
     let logs = e2e::log_dir("bench-debits");
-    let client = test_support::http_client();
     let mut procs = Vec::new();
-    let mut ports = Vec::new();
+    let mut bases = Vec::new();
     for i in 0..2 {
-        let port = e2e::free_port();
-        procs.push(e2e::Proc::start(
+        let (p, base) = crate::start_ready(
             &format!("fulfill-{i}"),
-            &bins.join("fulfill"),
-            &[],
+            "FULFILL_ADDR",
             &[
                 ("DATABASE_URL", db.url.clone()),
                 ("DATABASE_POOL_SIZE", "8".into()),
                 ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
                 ("STRIPE_API_BASE", "http://127.0.0.1:9".into()),
-                ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
                 ("AMQP_URL", broker.url.clone()),
                 ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
                 ("RUST_LOG", "warn".into()),
             ],
             &logs,
-        ));
-        if !e2e::wait_ok(
-            &client,
-            &format!("http://127.0.0.1:{port}/readyz"),
             Duration::from_secs(60),
         )
-        .await
-        {
-            bail!("fulfill did not start");
-        }
-        ports.push(port);
+        .await?;
+        procs.push(p);
+        bases.push(base);
     }
     seed(&db, "u", USERS, 1_000_000_000).await?;
     seed(&db, "one", 1, 1_000_000_000).await?;
@@ -270,8 +260,8 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     drop(reference);
 
     // Warm-up (connections, prepared statements), then the measured run.
-    load(&ports, "u", USERS, 2, "warm", None, &logs)?;
-    let (tps, failed, p50, p99) = load(&ports, "u", USERS, seconds, "many", None, &logs)?;
+    load(&bases, "u", USERS, 2, "warm", None, &logs)?;
+    let (tps, failed, p50, p99) = load(&bases, "u", USERS, seconds, "many", None, &logs)?;
     println!(
         "{USERS} users: {tps:.0} debits/s, p50 {p50:.2} ms, p99 {p99:.2} ms, {failed} failed; \
          {:.0} % of pgbench",
@@ -280,20 +270,20 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     // Below saturation: the same 64 connections offering about half that rate.
     let delay = (64_000.0 / (tps / 2.0).max(1.0) - 2.0).max(1.0) as u64;
     let (paced, failed_paced, p50_paced, p99_paced) =
-        load(&ports, "u", USERS, seconds, "paced", Some(delay), &logs)?;
+        load(&bases, "u", USERS, seconds, "paced", Some(delay), &logs)?;
     println!(
         "{USERS} users paced ({delay} ms between requests per connection): {paced:.0} debits/s \
          ({:.0} % of pgbench), p50 {p50_paced:.2} ms, p99 {p99_paced:.2} ms, {failed_paced} failed",
         100.0 * paced / pg
     );
-    let (one, failed_one, p50_one, p99_one) = load(&ports, "one", 1, seconds, "one", None, &logs)?;
+    let (one, failed_one, p50_one, p99_one) = load(&bases, "one", 1, seconds, "one", None, &logs)?;
     println!(
         "one user: {one:.0} debits/s (one serialized balance row), p50 {p50_one:.2} ms, \
          p99 {p99_one:.2} ms, {failed_one} failed"
     );
     // Long enough to drain it at the one-row rate just measured, then keep pushing.
     let drain_secs = ((DRAIN as f64 / one.max(1.0)).ceil() as u64 + 3).min(60);
-    let (_, refused, _, _) = load(&ports, "drain", 1, drain_secs, "drain", None, &logs)?;
+    let (_, refused, _, _) = load(&bases, "drain", 1, drain_secs, "drain", None, &logs)?;
     let balance = scalar(
         &db,
         "SELECT credits AS n FROM balances WHERE user_id = 'drain1'",

@@ -11,7 +11,7 @@ use fake_stripe::{FakeStripe, Knobs, PriceSpec, SessionSpec};
 use futures_util::{StreamExt, stream};
 use test_support::{broker::TestBroker, db::TestDb};
 
-use crate::{bin_dir, ingest_load::median, peak_rss_mib};
+use crate::{ingest_load::median, peak_rss_mib};
 
 const SECRET: &str = "whsec_bench_secret";
 const COMPLETED: &str = "checkout.session.completed";
@@ -121,7 +121,6 @@ struct Outcome {
 }
 
 async fn one_budget(budget: u32, sessions: usize) -> anyhow::Result<Outcome> {
-    let bins = bin_dir();
     let broker = TestBroker::new().await;
     let db = TestDb::new().await;
     let stripe = FakeStripe::start(fake_stripe::DEFAULT_API_KEY).await?;
@@ -131,14 +130,11 @@ async fn one_budget(budget: u32, sessions: usize) -> anyhow::Result<Outcome> {
         ..Knobs::default()
     });
     let logs = e2e::log_dir(&format!("bench-fulfill-{budget}"));
-    let client = test_support::http_client();
     let mut procs = Vec::new();
     for i in 0..2 {
-        let port = e2e::free_port();
-        procs.push(e2e::Proc::start(
+        let (p, _) = crate::start_ready(
             &format!("fulfill-{i}"),
-            &bins.join("fulfill"),
-            &[],
+            "FULFILL_ADDR",
             &[
                 ("DATABASE_URL", db.url.clone()),
                 ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
@@ -146,47 +142,18 @@ async fn one_budget(budget: u32, sessions: usize) -> anyhow::Result<Outcome> {
                 ("STRIPE_RATE_LIMIT", budget.to_string()),
                 ("FULFILL_CONCURRENCY", "32".into()),
                 ("FULFILL_PREFETCH", "64".into()),
-                ("FULFILL_ADDR", format!("127.0.0.1:{port}")),
                 ("AMQP_URL", broker.url.clone()),
                 ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
                 ("RUST_LOG", "warn".into()),
             ],
             &logs,
-        ));
-        if !e2e::wait_ok(
-            &client,
-            &format!("http://127.0.0.1:{port}/readyz"),
             Duration::from_secs(60),
         )
-        .await
-        {
-            bail!("fulfill did not start");
-        }
+        .await?;
+        procs.push(p);
     }
-    let port = e2e::free_port();
-    let mut ingest = e2e::Proc::start(
-        "ingest",
-        &bins.join("ingest"),
-        &[],
-        &[
-            ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
-            ("INGEST_ADDR", format!("127.0.0.1:{port}")),
-            ("AMQP_URL", broker.url.clone()),
-            ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
-            ("RUST_LOG", "warn".into()),
-        ],
-        &logs,
-    );
-    if !e2e::wait_ok(
-        &client,
-        &format!("http://127.0.0.1:{port}/readyz"),
-        Duration::from_secs(30),
-    )
-    .await
-    {
-        bail!("ingest did not start");
-    }
-    let url = format!("http://127.0.0.1:{port}/webhooks/stripe");
+    let (mut ingest, ingest_base) = crate::start_ingest(&broker, SECRET, &logs).await?;
+    let url = format!("{ingest_base}/webhooks/stripe");
     let single = stripe.create_price(PriceSpec::credits(1));
     let pack = stripe.create_price(PriceSpec::product_credits(10));
     let make = |n: usize, tag: &str| {

@@ -12,6 +12,10 @@
 //!   session, 429s, end-to-end latency below saturation, peak RSS per process.
 //! - `bench debits`: two fulfill processes spending credits (64 connections over 10,000
 //!   users, then on one user) against `pgbench -c 16` on the same machine in the same run.
+//! - `bench throughput`: fulfill's own cost with Stripe not binding (a stand-in answering at
+//!   once, a budget far above the load): 4,000 queued purchases credited by two processes,
+//!   the same events redelivered (settled), against `pgbench -c 16` in the same run; and
+//!   the statements and commits per credited session, from `pg_stat_statements`.
 //!
 //! Run through `tests/bench/run.sh` (release build, installs wrk).
 
@@ -20,6 +24,7 @@
 mod debit_load;
 mod fulfill_load;
 mod ingest_load;
+mod throughput;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +43,9 @@ struct Cli {
     /// Sessions for the fulfill benchmark.
     #[arg(long, default_value_t = 2000)]
     sessions: usize,
+    /// Purchases queued for the throughput benchmark.
+    #[arg(long, default_value_t = 4000)]
+    purchases: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -46,6 +54,7 @@ enum What {
     Ingest,
     Fulfill,
     Debits,
+    Throughput,
 }
 
 /// Where the release binaries are: next to this one.
@@ -54,6 +63,55 @@ pub fn bin_dir() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_default()
+}
+
+/// Starts one of the release binaries listening on a free port (`addr_var` names the
+/// variable that sets it) and waits until its `/readyz` answers; returns it and its base
+/// URL.
+pub async fn start_ready(
+    name: &str,
+    addr_var: &str,
+    env: &[(&str, String)],
+    logs: &Path,
+    ready_within: std::time::Duration,
+) -> anyhow::Result<(e2e::Proc, String)> {
+    let port = e2e::free_port();
+    let mut env = env.to_vec();
+    env.push((addr_var, format!("127.0.0.1:{port}")));
+    let binary = name.split('-').next().unwrap_or(name);
+    let proc = e2e::Proc::start(name, &bin_dir().join(binary), &[], &env, logs);
+    let base = format!("http://127.0.0.1:{port}");
+    if !e2e::wait_ok(
+        &test_support::http_client(),
+        &format!("{base}/readyz"),
+        ready_within,
+    )
+    .await
+    {
+        anyhow::bail!("{name} did not start");
+    }
+    Ok((proc, base))
+}
+
+/// ingest with `secret`, on `broker`'s topology, logging warnings only.
+pub async fn start_ingest(
+    broker: &test_support::broker::TestBroker,
+    secret: &str,
+    logs: &Path,
+) -> anyhow::Result<(e2e::Proc, String)> {
+    start_ready(
+        "ingest",
+        "INGEST_ADDR",
+        &[
+            ("STRIPE_WEBHOOK_SECRET", secret.to_owned()),
+            ("AMQP_URL", broker.url.clone()),
+            ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+            ("RUST_LOG", "warn".into()),
+        ],
+        logs,
+        std::time::Duration::from_secs(30),
+    )
+    .await
 }
 
 /// Peak resident set size of a process, in MiB.
@@ -91,6 +149,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.what, What::All | What::Fulfill) {
         fulfill_load::run(cli.sessions).await?;
+    }
+    if matches!(cli.what, What::All | What::Throughput) {
+        throughput::run(cli.runs, cli.purchases, cli.seconds.max(10)).await?;
     }
     if matches!(cli.what, What::All | What::Debits) {
         debit_load::run(cli.seconds.max(10)).await?;

@@ -481,10 +481,7 @@ impl State {
         let session = match id.split('_').next()? {
             "cs" => self.session(id),
             "ch" => self.session_by_charge(id),
-            "pi" => self
-                .sessions_in_order()
-                .into_iter()
-                .find(|s| s.payment_intent == id),
+            "pi" => self.session_by_payment_intent(id),
             "re" => {
                 let pi = self
                     .lock()
@@ -493,9 +490,7 @@ impl State {
                     .find(|r| r.id == id)?
                     .payment_intent
                     .clone();
-                self.sessions_in_order()
-                    .into_iter()
-                    .find(|s| s.payment_intent == pi)
+                self.session_by_payment_intent(&pi)
             }
             "dp" => {
                 let pi = self
@@ -505,9 +500,7 @@ impl State {
                     .find(|d| d.id == id)?
                     .payment_intent
                     .clone();
-                self.sessions_in_order()
-                    .into_iter()
-                    .find(|s| s.payment_intent == pi)
+                self.session_by_payment_intent(&pi)
             }
             "evt" => {
                 let event = self.event(id)?;
@@ -528,15 +521,31 @@ impl State {
         format!("ch_{}", payment_intent.trim_start_matches("pi_"))
     }
 
+    fn session_by_payment_intent(&self, payment_intent: &str) -> Option<Session> {
+        let inner = self.lock();
+        inner
+            .sessions
+            .values()
+            .find(|r| r.session.payment_intent == payment_intent)
+            .map(|r| r.session.clone())
+    }
+
     fn session_by_charge(&self, charge: &str) -> Option<Session> {
-        let ids = self.lock().session_order.clone();
-        ids.iter()
-            .filter_map(|id| self.session(id))
-            .find(|s| Self::charge_id(&s.payment_intent) == charge)
+        // The charge's id is derived from its payment intent's: look for that, cloning
+        // nothing but the match.
+        let payment_intent = format!("pi_{}", charge.strip_prefix("ch_")?);
+        // Through `session` (not the raw record): it applies a due async payment.
+        let id = self.session_by_payment_intent(&payment_intent)?.id;
+        self.session(&id)
     }
 
     pub(crate) fn charge_json(&self, charge: &str) -> Option<Value> {
         let session = self.session_by_charge(charge)?;
+        Some(self.charge_json_of(charge, &session))
+    }
+
+    /// The charge of `session` (whose id is `charge`).
+    fn charge_json_of(&self, charge: &str, session: &Session) -> Value {
         let inner = self.lock();
         let refunded: i64 = inner
             .refunds
@@ -555,7 +564,7 @@ impl State {
         v["captured"] = json!(true);
         v["paid"] = json!(true);
         v["created"] = json!(session.created);
-        Some(v)
+        v
     }
 
     /// Refunds of a charge, newest first (as Stripe lists them).
@@ -625,7 +634,7 @@ impl State {
         let latest_charge = match (paid, expand_charge) {
             (false, _) => Value::Null,
             (true, false) => json!(charge),
-            (true, true) => self.charge_json(&charge).unwrap_or(Value::Null),
+            (true, true) => self.charge_json_of(&charge, session),
         };
         json!({
             "id": session.payment_intent,

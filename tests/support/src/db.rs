@@ -24,7 +24,12 @@ pub struct TestDb {
 impl TestDb {
     /// Creates an empty database; the service under test applies its own migrations.
     pub async fn new() -> Self {
-        let admin_url = admin_url();
+        Self::on(&admin_url()).await
+    }
+
+    /// A database of its own on the server of `admin_url` (e.g. a private server).
+    pub async fn on(admin_url: &str) -> Self {
+        let admin_url = admin_url.to_owned();
         let name = crate::unique_name("test_");
         let mut admin = AsyncPgConnection::establish(&admin_url)
             .await

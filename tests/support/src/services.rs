@@ -476,7 +476,16 @@ impl PrivatePostgres {
         Self::launch(&Launch::throwaway(dir), Some(tls)).expect("private PostgreSQL")
     }
 
+    /// With extra server options (`-c name=value …`), e.g. a preloaded extension.
+    pub fn start_with_options(dir: &Path, options: &str) -> Self {
+        Self::launch_with(&Launch::throwaway(dir), None, options).expect("private PostgreSQL")
+    }
+
     pub fn launch(launch: &Launch, tls: Option<&ServerTls>) -> io::Result<Self> {
+        Self::launch_with(launch, tls, "")
+    }
+
+    fn launch_with(launch: &Launch, tls: Option<&ServerTls>, options: &str) -> io::Result<Self> {
         let bin = find_postgres().ok_or_else(|| {
             io::Error::other(format!(
                 "PostgreSQL's initdb and pg_ctl are not installed: {POSTGRES_INSTALL}"
@@ -496,6 +505,10 @@ impl PrivatePostgres {
                 cert.display(),
                 key.display()
             );
+        }
+        if !options.is_empty() {
+            extra_options.push(' ');
+            extra_options.push_str(options);
         }
         if is_root() {
             chown(&dir, "postgres:postgres")?;
