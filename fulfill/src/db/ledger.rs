@@ -100,6 +100,28 @@ pub async fn append_entry(
     conn: &mut AsyncPgConnection,
     entry: &NewEntry<'_>,
 ) -> QueryResult<Option<Appended>> {
+    let Some(pending) = write_entry(conn, entry).await? else {
+        return Ok(None);
+    };
+    announce(conn, entry, &pending).await?;
+    Ok(Some(pending.appended))
+}
+
+/// An entry [`write_entry`] wrote whose lots and credit event [`announce`] is still to
+/// write, in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub appended: Appended,
+    created_at: DateTime<Utc>,
+}
+
+/// The first half of [`append_entry`]: moves the balance and writes the entry (one round
+/// trip), or nothing when the key exists. The caller must [`announce`] it in the same
+/// transaction; until then the entry has no lots and no credit event.
+pub async fn write_entry(
+    conn: &mut AsyncPgConnection,
+    entry: &NewEntry<'_>,
+) -> QueryResult<Option<Pending>> {
     let written: Option<Written> = super::prepared::prepared(
         "WITH b AS ( \
             INSERT INTO balances (account, user_id, credits, sequence) VALUES ($1, $2, $3, 1) \
@@ -145,24 +167,38 @@ pub async fn append_entry(
         .await?;
         return Ok(None);
     };
-    let appended = Appended {
-        entry_id: written.id,
-        credits_after: written.credits_after,
-        sequence: written.sequence,
-    };
-    let event = super::outbox::entry_row(entry, &appended, written.created_at);
+    Ok(Some(Pending {
+        appended: Appended {
+            entry_id: written.id,
+            credits_after: written.credits_after,
+            sequence: written.sequence,
+        },
+        created_at: written.created_at,
+    }))
+}
+
+/// The second half of [`append_entry`]: the lots the entry creates or consumes, and its
+/// credit event. Takes the connection shared so that it can be pipelined with other
+/// writes of the transaction (statements on one connection still run in order, so the
+/// lots of several entries are consumed one after the other).
+pub async fn announce(
+    conn: &AsyncPgConnection,
+    entry: &NewEntry<'_>,
+    pending: &Pending,
+) -> QueryResult<()> {
+    let appended = &pending.appended;
+    let event = super::outbox::entry_row(entry, appended, pending.created_at);
     if entry.delta > 0 {
         // Independent inserts: pipelined, one round trip for both.
-        let shared: &AsyncPgConnection = conn;
         futures_util::try_join!(
-            super::lots::create(shared, entry, appended.entry_id, appended.credits_after),
-            super::outbox::insert(shared, entry, &event),
+            super::lots::create(conn, entry, appended.entry_id, appended.credits_after),
+            super::outbox::insert(conn, entry, &event),
         )?;
     } else {
         // A zero delta consumes nothing; the statement still writes the event.
         super::lots::consume_and_announce(conn, entry, -entry.delta, &event).await?;
     }
-    Ok(Some(appended))
+    Ok(())
 }
 
 #[derive(QueryableByName)]

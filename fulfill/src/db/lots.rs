@@ -87,7 +87,7 @@ pub(super) async fn create(
 /// expire. Takes what there is when there is less (a reversal of spent credits). The
 /// same statement writes the entry's credit event (`event`): one round trip.
 pub(super) async fn consume_and_announce(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     entry: &NewEntry<'_>,
     amount: i64,
     event: &EntryRow,
@@ -114,7 +114,7 @@ pub(super) async fn consume_and_announce(
     .bind::<Text, _>(&event.routing_key)
     .bind::<BigInt, _>(event.sequence)
     .bind::<Jsonb, _>(&event.payload)
-    .execute(conn)
+    .execute(&mut { conn })
     .await?;
     Ok(())
 }

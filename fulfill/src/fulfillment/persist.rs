@@ -115,48 +115,52 @@ pub(super) async fn apply(
     let mut taken_back = 0;
     // The user's balance after the last entry written (each entry returns it).
     let mut balance = None;
+    // Each entry's balance move is written at once (the next one depends on it); their
+    // lots and credit events go out with the session's update, in one round trip.
+    let keys: Vec<String> = plan
+        .moves
+        .iter()
+        .map(|m| m.key(session_id.as_str(), applied.entries(m.component) + 1))
+        .collect();
+    let mut entries = Vec::with_capacity(plan.moves.len());
     if !plan.moves.is_empty() {
         let Some(user) = user.as_deref() else {
             return Err(FulfillError::Malformed(format!(
                 "session {session_id} has entries to write but no user"
             )));
         };
-        for m in &plan.moves {
-            let key = m.key(session_id.as_str(), applied.entries(m.component) + 1);
-            let written = ledger::append_entry(
-                conn,
-                &NewEntry {
-                    account: account.key(),
-                    user_id: user,
-                    delta: m.delta,
-                    reason: m.reason.as_str(),
-                    idempotency_key: &key,
-                    stripe_session_id: Some(session_id.as_str()),
-                    stripe_event_id: event_id,
-                    stripe_object_id: match m.component {
-                        Component::Purchase => payment_intent,
-                        Component::Refund | Component::Dispute => object_id.or(payment_intent),
-                    },
-                    component: Some(m.component),
-                    // What the purchase buys expires as its prices say (refined above:
-                    // an unreadable rule is a session needing attention, never credited).
-                    lots: match m.component {
-                        Component::Purchase => expiry_rule::lots(view.session).unwrap_or_default(),
-                        Component::Refund | Component::Dispute => Vec::new(),
-                    },
-                    ..NewEntry::default()
+        for (m, key) in plan.moves.iter().zip(&keys) {
+            let entry = NewEntry {
+                account: account.key(),
+                user_id: user,
+                delta: m.delta,
+                reason: m.reason.as_str(),
+                idempotency_key: key,
+                stripe_session_id: Some(session_id.as_str()),
+                stripe_event_id: event_id,
+                stripe_object_id: match m.component {
+                    Component::Purchase => payment_intent,
+                    Component::Refund | Component::Dispute => object_id.or(payment_intent),
                 },
-            )
-            .await?;
-            let Some(written) = written else {
-                // The row lock makes this unreachable; a unique key is the last guard.
-                return Err(FulfillError::Conflict(key));
+                component: Some(m.component),
+                // What the purchase buys expires as its prices say (refined above:
+                // an unreadable rule is a session needing attention, never credited).
+                lots: match m.component {
+                    Component::Purchase => expiry_rule::lots(view.session).unwrap_or_default(),
+                    Component::Refund | Component::Dispute => Vec::new(),
+                },
+                ..NewEntry::default()
             };
-            balance = Some(written.credits_after);
+            let Some(written) = ledger::write_entry(conn, &entry).await? else {
+                // The row lock makes this unreachable; a unique key is the last guard.
+                return Err(FulfillError::Conflict(key.clone()));
+            };
+            balance = Some(written.appended.credits_after);
             match m.component {
                 Component::Purchase => granted += m.delta,
                 Component::Refund | Component::Dispute => taken_back -= m.delta,
             }
+            entries.push((entry, written));
         }
     }
     let balance_below_zero = balance.is_some_and(|b| b < 0);
@@ -216,7 +220,8 @@ pub(super) async fn apply(
         (false, false) => LedgerChange::Moved,
         (false, true) => LedgerChange::MovedBelowZero,
     };
-    // The session's new state and the event's record are independent: pipelined.
+    // The entries' lots and credit events, the session's new state and the event's
+    // record are independent: pipelined.
     let shared: &AsyncPgConnection = conn;
     let record = async {
         match event {
@@ -232,7 +237,13 @@ pub(super) async fn apply(
             None => Ok(()),
         }
     };
-    let (row, ()) = futures_util::try_join!(
+    let announced = futures_util::future::try_join_all(
+        entries
+            .iter()
+            .map(|(entry, written)| ledger::announce(shared, entry, written)),
+    );
+    let (_, row, ()) = futures_util::try_join!(
+        announced,
         sessions::update_and_release(shared, session_id.as_str(), &update, view.started),
         record,
     )?;
