@@ -62,7 +62,7 @@ pub async fn claim(
 }
 
 pub async fn complete(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     account: &str,
     key: &str,
     status: u16,
@@ -73,7 +73,7 @@ pub async fn complete(
             idempotency_keys::status.eq(i16::try_from(status).unwrap_or(200)),
             idempotency_keys::response.eq(response),
         ))
-        .execute(conn)
+        .execute(&mut { conn })
         .await?;
     Ok(())
 }

@@ -100,31 +100,36 @@ pub async fn debit(
             }
             let debit_id = super::new_id("deb");
             let entry_key = format!("debit:{debit_id}");
-            let appended = ledger::append_entry(
-                conn,
-                &NewEntry {
-                    account: account.key(),
-                    user_id: user.as_str(),
-                    delta: -amount,
-                    reason: "debit",
-                    idempotency_key: &entry_key,
-                    debit_id: Some(&debit_id),
-                    memo: request.reason.as_deref(),
-                    metadata: metadata.as_ref(),
-                    ..NewEntry::default()
-                },
-            )
-            .await?
-            .ok_or_else(|| ApiError::BadRequest("duplicate debit id; retry".into()))?;
+            let entry = NewEntry {
+                account: account.key(),
+                user_id: user.as_str(),
+                delta: -amount,
+                reason: "debit",
+                idempotency_key: &entry_key,
+                debit_id: Some(&debit_id),
+                memo: request.reason.as_deref(),
+                metadata: metadata.as_ref(),
+                ..NewEntry::default()
+            };
+            let written = ledger::write_entry(conn, &entry)
+                .await?
+                .ok_or_else(|| ApiError::BadRequest("duplicate debit id; retry".into()))?;
+            let appended = written.appended;
             let body = json!(Debit {
-                debit_id,
+                debit_id: debit_id.clone(),
                 user_id: user.as_str().to_owned(),
                 amount,
                 credits: appended.credits_after,
                 held: totals.held,
                 available: appended.credits_after - totals.held,
             });
-            idempotency::finish(conn, &account, &key, StatusCode::CREATED, body).await
+            // The lots, the credit event and the stored answer in one round trip.
+            let shared: &AsyncPgConnection = conn;
+            let ((), answer) = futures_util::try_join!(
+                async { Ok::<_, ApiError>(ledger::announce(shared, &entry, &written).await?) },
+                idempotency::finish(shared, &account, &key, StatusCode::CREATED, body),
+            )?;
+            Ok(answer)
         })
         .await?;
     Ok(answer.into_response())

@@ -103,9 +103,10 @@ pub async fn begin(
     }
 }
 
-/// Stores the answer under the key (same transaction) and returns it.
+/// Stores the answer under the key (same transaction) and returns it. Takes the
+/// connection shared so that it can be pipelined with the transaction's last writes.
 pub async fn finish(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     account: &Account,
     key: &IdempotencyKey,
     status: StatusCode,
