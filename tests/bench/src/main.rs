@@ -12,6 +12,8 @@
 //!   session, 429s, end-to-end latency below saturation, peak RSS per process.
 //! - `bench debits`: two fulfill processes spending credits (64 connections over 10,000
 //!   users, then on one user) against `pgbench -c 16` on the same machine in the same run.
+//! - `bench ingest-cpu`: ingest's instructions per request under callgrind (runs of `n` and
+//!   `2n` requests, subtracted), with the top functions; repeatable where wall clock is not.
 //!
 //! Run through `tests/bench/run.sh` (release build, installs wrk).
 
@@ -19,6 +21,7 @@
 
 mod debit_load;
 mod fulfill_load;
+mod ingest_cpu;
 mod ingest_load;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ use clap::{Parser, ValueEnum};
 struct Cli {
     #[arg(value_enum, default_value = "all")]
     what: What,
-    /// Runs per configuration.
+    /// Runs per configuration (ingest-cpu: pairs of callgrind runs).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Seconds per wrk run.
@@ -38,6 +41,19 @@ struct Cli {
     /// Sessions for the fulfill benchmark.
     #[arg(long, default_value_t = 2000)]
     sessions: usize,
+    /// ingest-cpu: requests of the smaller run (the larger sends twice as many).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// ingest-cpu: keep-alive connections the requests are sent over.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// ingest-cpu: ingest's RUST_LOG (default: what ingest uses when it is unset).
+    #[arg(long, default_value = "info,lapin=warn,actix_server=warn")]
+    log: String,
+    /// ingest-cpu: the ingest binary to count (default: the one next to this binary), e.g.
+    /// a copy of an earlier build to compare with.
+    #[arg(long)]
+    ingest: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -46,6 +62,8 @@ enum What {
     Ingest,
     Fulfill,
     Debits,
+    /// Not part of `all`: ingest's instructions per request under callgrind.
+    IngestCpu,
 }
 
 /// Where the release binaries are: next to this one.
@@ -94,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.what, What::All | What::Debits) {
         debit_load::run(cli.seconds.max(10)).await?;
+    }
+    if cli.what == What::IngestCpu {
+        let ingest = cli.ingest.unwrap_or_else(|| bin_dir().join("ingest"));
+        ingest_cpu::run(&ingest, cli.requests, cli.concurrency, &cli.log, cli.runs).await?;
     }
     Ok(())
 }
