@@ -20,7 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod propagation;
 
-use std::time::Duration;
+use std::{io::IsTerminal, time::Duration};
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -323,7 +323,12 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
             // each line to its trace.
             .with_span_list(true)
             .boxed(),
-        LogFormat::Text => fmt::layer().boxed(),
+        // Colours only for a person at a terminal: into a pipe or a file (a container's
+        // log, journald) the escape codes are noise to read and to search, and writing them
+        // was a visible part of the per-request CPU (tests/bench/BENCHMARKS.md).
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed(),
     }];
     let (provider, failure) = match config
         .otlp
