@@ -201,6 +201,34 @@ struct WrkResult {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// ingest's CPU time (user + system, all threads) per 2xx: unlike req/s it hardly
+    /// moves when the load generator or the broker get less of the shared cores.
+    cpu_us: f64,
+}
+
+/// CPU time a process has used (user + system, all threads), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces), from `state` on:
+            // utime and stime are the 14th and 15th fields of the line.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
 }
 
 fn wrk(
@@ -258,6 +286,7 @@ end
         rps: ok / (micros / 1e6),
         p50_ms: p50 / 1000.0,
         p99_ms: p99 / 1000.0,
+        cpu_us: 0.0,
     })
 }
 
@@ -284,7 +313,9 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
             ("INGEST_ADDR", format!("127.0.0.1:{port}")),
             ("AMQP_URL", broker.url.clone()),
             ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
-            ("RUST_LOG", "warn".into()),
+            // As deployed (deploy/k8s/configmap.yaml): what logging costs is part of
+            // what ingest costs. Its output goes to a file, as a container's to a pipe.
+            ("RUST_LOG", "info,lapin=warn,actix_server=warn".into()),
         ],
         &logs,
     );
@@ -316,8 +347,10 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         );
         raw64.push((rate, p50, p99));
         for (concurrency, results) in &mut table {
-            let r = wrk(&url, &body, *concurrency, seconds, &logs)?;
+            let cpu_before = cpu_seconds(ingest.pid());
+            let mut r = wrk(&url, &body, *concurrency, seconds, &logs)?;
             tokio::time::sleep(Duration::from_millis(500)).await;
+            r.cpu_us = 1e6 * (cpu_seconds(ingest.pid()) - cpu_before) / r.ok.max(1) as f64;
             let held = u64::from(purge(&conn, &broker.topology.checkout_queue()).await?);
             // Requests cut off by wrk's deadline may be published without wrk counting
             // the answer; a 2xx without a held message would be a lost event.
@@ -328,22 +361,25 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "run {run}: c={concurrency:>2} {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms (2xx {}, held {held})",
-                r.rps, r.p50_ms, r.p99_ms, r.ok
+                "run {run}: c={concurrency:>2} {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms, ingest CPU {:>5.1} µs/request (2xx {}, held {held})",
+                r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.ok
             );
             results.push(r);
         }
     }
     let rss = peak_rss_mib(ingest.pid());
     let ceiling = median(ceilings.clone());
-    println!("\n| concurrency | req/s (median of {runs}) | p50 ms | p99 ms | ingest ÷ ceiling |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "\n| concurrency | req/s (median of {runs}) | p50 ms | p99 ms | ingest ÷ ceiling | ingest CPU µs/request |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (concurrency, results) in &table {
         let rps = median(results.iter().map(|r| r.rps).collect());
         let p50 = median(results.iter().map(|r| r.p50_ms).collect());
         let p99 = median(results.iter().map(|r| r.p99_ms).collect());
+        let cpu = median(results.iter().map(|r| r.cpu_us).collect());
         println!(
-            "| {concurrency} | {rps:.0} | {p50:.2} | {p99:.2} | {:.0} % |",
+            "| {concurrency} | {rps:.0} | {p50:.2} | {p99:.2} | {:.0} % | {cpu:.1} |",
             100.0 * rps / ceiling
         );
     }
