@@ -32,7 +32,11 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 use shared::{
-    amqp, config::AmqpConfig, envelope::EventHead, telemetry::propagation, topology::Topology,
+    amqp,
+    config::AmqpConfig,
+    envelope::EventHead,
+    telemetry::{self, KeyValue, propagation},
+    topology::Topology,
 };
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -152,27 +156,41 @@ impl Publisher {
     /// The producer span, by the messaging semantic conventions: named
     /// `publish {exchange}`, one per message, ended when the broker has confirmed.
     /// <https://opentelemetry.io/docs/specs/semconv/messaging/rabbitmq/>
+    ///
+    /// Its tracing fields are what a log line inside it needs (the event); the conventions'
+    /// `messaging.*` attributes go to the exported span alone.
     fn producer_span(&self, event: &EventHead<'_>, body_size: usize) -> tracing::Span {
         let exchange = self.inner.topology.events_exchange();
         // For checkout events data.object is the session; other events carry no session.
         let session_id = event.object_id().filter(|id| id.starts_with("cs_"));
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "publish",
             otel.name = %format_args!("publish {exchange}"),
             otel.kind = "producer",
             otel.status_code = Empty,
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %event.event_type,
-            messaging.message.id = %event.id,
-            messaging.message.body.size = body_size,
             error.type = Empty,
             event_id = %event.id,
             event_type = %event.event_type,
             session_id = session_id.as_deref(),
-        )
+        );
+        telemetry::set_attributes(&span, || {
+            [
+                KeyValue::new("messaging.system", "rabbitmq"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.operation.name", "publish"),
+                KeyValue::new("messaging.destination.name", exchange.clone()),
+                KeyValue::new(
+                    "messaging.rabbitmq.destination.routing_key",
+                    event.event_type.to_string(),
+                ),
+                KeyValue::new("messaging.message.id", event.id.to_string()),
+                KeyValue::new(
+                    "messaging.message.body.size",
+                    i64::try_from(body_size).unwrap_or(i64::MAX),
+                ),
+            ]
+        });
+        span
     }
 
     async fn publish_in(&self, event: &EventHead<'_>, body: &[u8]) -> Result<(), PublishError> {

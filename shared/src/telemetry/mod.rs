@@ -22,6 +22,7 @@ pub mod propagation;
 
 use std::{io::IsTerminal, time::Duration};
 
+pub use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
@@ -410,6 +411,25 @@ fn without_userinfo(url: &str) -> String {
             }
         }
         None => url.to_owned(),
+    }
+}
+
+/// Sets OpenTelemetry attributes on the span exported for `span`, computing them only when
+/// there is one (traces exported, this trace sampled).
+///
+/// For attributes that only the trace backend reads (the semantic conventions' `http.*`,
+/// `url.*`, `messaging.*`, …): as tracing fields the log layer would also format them, on
+/// every request, into the span prefix of log lines that never need them.
+pub fn set_attributes<I>(span: &tracing::Span, attributes: impl FnOnce() -> I)
+where
+    I: IntoIterator<Item = KeyValue>,
+{
+    let context = span.context();
+    let otel = context.span();
+    if otel.is_recording() {
+        for attribute in attributes() {
+            otel.set_attribute(attribute);
+        }
     }
 }
 
