@@ -42,7 +42,7 @@ struct Cli {
     #[arg(long, default_value_t = 2000)]
     sessions: usize,
     /// ingest-cpu: requests of the smaller run (the larger sends twice as many).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     requests: usize,
     /// ingest-cpu: keep-alive connections the requests are sent over.
     #[arg(long, default_value_t = 16)]
