@@ -4,6 +4,11 @@ use anyhow::Context;
 use ingest::{config::Config, startup::Application};
 use shared::{config::ProcessEnv, shutdown, telemetry};
 
+/// mimalloc rather than glibc's malloc: fewer instructions per allocation and no lock
+/// shared by the HTTP workers and the broker I/O thread (tests/bench/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub verification_failures: Family<ReasonLabels, Counter>,
     pub publish_seconds: Family<ResultLabels, Histogram>,
     pub broker_connected: Gauge,
+    /// The series of `requests` for each of [`OUTCOMES`] and of `publish_seconds` for each
+    /// of [`PUBLISH_RESULTS`], in their order, looked up once: `Family::get_or_create`
+    /// takes the family's lock and hashes the labels on every call.
+    request_series: [Counter; OUTCOMES.len()],
+    publish_series: [Histogram; PUBLISH_RESULTS.len()],
 }
 
 impl Metrics {
@@ -78,18 +83,44 @@ impl Metrics {
             broker_connected.clone(),
         );
         register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
-        for outcome in OUTCOMES {
-            drop(requests.get_or_create(&OutcomeLabels { outcome }));
-        }
-        for result in PUBLISH_RESULTS {
-            drop(publish_seconds.get_or_create(&ResultLabels { result }));
-        }
+        // Every known series exists from the start (and so is in the first scrape).
+        let request_series =
+            OUTCOMES.map(|outcome| requests.get_or_create(&OutcomeLabels { outcome }).clone());
+        let publish_series = PUBLISH_RESULTS.map(|result| {
+            publish_seconds
+                .get_or_create(&ResultLabels { result })
+                .clone()
+        });
         Self {
             registry,
             requests,
             verification_failures,
             publish_seconds,
             broker_connected,
+            request_series,
+            publish_series,
+        }
+    }
+
+    /// Counts a webhook request by its outcome (one of [`OUTCOMES`]).
+    pub fn count_request(&self, outcome: &'static str) {
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.request_series[i].inc(),
+            None => self
+                .requests
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc(),
+        };
+    }
+
+    /// Records how long a publish took to its result (one of [`PUBLISH_RESULTS`]).
+    pub fn observe_publish(&self, result: &'static str, seconds: f64) {
+        match PUBLISH_RESULTS.iter().position(|r| *r == result) {
+            Some(i) => self.publish_series[i].observe(seconds),
+            None => self
+                .publish_seconds
+                .get_or_create(&ResultLabels { result })
+                .observe(seconds),
         }
     }
 }
@@ -97,5 +128,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::telemetry::metrics::render;
+
+    use super::*;
+
+    #[test]
+    fn the_series_looked_up_once_are_those_of_the_families() {
+        let metrics = Metrics::new();
+        metrics.count_request("accepted");
+        metrics.count_request("accepted");
+        metrics.count_request("unavailable");
+        metrics.observe_publish("ack", 0.002);
+        let text = render(&metrics.registry);
+        assert!(
+            text.contains("ingest_webhook_requests_total{outcome=\"accepted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingest_webhook_requests_total{outcome=\"unavailable\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingest_publish_duration_seconds_count{result=\"ack\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingest_publish_duration_seconds_count{result=\"nack\"} 0"),
+            "{text}"
+        );
     }
 }

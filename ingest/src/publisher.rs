@@ -32,13 +32,17 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 use shared::{
-    amqp, config::AmqpConfig, envelope::EventEnvelope, telemetry::propagation, topology::Topology,
+    amqp,
+    config::AmqpConfig,
+    envelope::EventHead,
+    telemetry::{self, KeyValue, propagation},
+    topology::Topology,
 };
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
 
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::Metrics;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -144,40 +148,54 @@ impl Publisher {
 
     /// Publishes `body` (the exact bytes Stripe signed) and waits for the broker's confirm,
     /// under a producer span whose context travels in the message headers.
-    pub async fn publish(&self, envelope: &EventEnvelope, body: &[u8]) -> Result<(), PublishError> {
-        let span = self.producer_span(envelope, body.len());
-        self.publish_in(envelope, body).instrument(span).await
+    pub async fn publish(&self, event: &EventHead<'_>, body: &[u8]) -> Result<(), PublishError> {
+        let span = self.producer_span(event, body.len());
+        self.publish_in(event, body).instrument(span).await
     }
 
     /// The producer span, by the messaging semantic conventions: named
     /// `publish {exchange}`, one per message, ended when the broker has confirmed.
     /// <https://opentelemetry.io/docs/specs/semconv/messaging/rabbitmq/>
-    fn producer_span(&self, envelope: &EventEnvelope, body_size: usize) -> tracing::Span {
+    ///
+    /// Its tracing fields are what a log line inside it needs (the event); the conventions'
+    /// `messaging.*` attributes go to the exported span alone.
+    fn producer_span(&self, event: &EventHead<'_>, body_size: usize) -> tracing::Span {
         let exchange = self.inner.topology.events_exchange();
         // For checkout events data.object is the session; other events carry no session.
-        let session_id = envelope.object_id().filter(|id| id.starts_with("cs_"));
-        tracing::info_span!(
+        let session_id = event.object_id().filter(|id| id.starts_with("cs_"));
+        let span = tracing::info_span!(
             "publish",
             otel.name = %format_args!("publish {exchange}"),
             otel.kind = "producer",
             otel.status_code = Empty,
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %envelope.event_type,
-            messaging.message.id = %envelope.id,
-            messaging.message.body.size = body_size,
             error.type = Empty,
-            event_id = %envelope.id,
-            event_type = %envelope.event_type,
+            event_id = %event.id,
+            event_type = %event.event_type,
             session_id = session_id.as_deref(),
-        )
+        );
+        telemetry::set_attributes(&span, || {
+            [
+                KeyValue::new("messaging.system", "rabbitmq"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.operation.name", "publish"),
+                KeyValue::new("messaging.destination.name", exchange.clone()),
+                KeyValue::new(
+                    "messaging.rabbitmq.destination.routing_key",
+                    event.event_type.to_string(),
+                ),
+                KeyValue::new("messaging.message.id", event.id.to_string()),
+                KeyValue::new(
+                    "messaging.message.body.size",
+                    i64::try_from(body_size).unwrap_or(i64::MAX),
+                ),
+            ]
+        });
+        span
     }
 
-    async fn publish_in(&self, envelope: &EventEnvelope, body: &[u8]) -> Result<(), PublishError> {
+    async fn publish_in(&self, event: &EventHead<'_>, body: &[u8]) -> Result<(), PublishError> {
         let start = Instant::now();
-        let result = self.publish_confirmed(envelope, body).await;
+        let result = self.publish_confirmed(event, body).await;
         let label = match &result {
             Ok(()) => "ack",
             Err(e) => e.label(),
@@ -189,22 +207,20 @@ impl Publisher {
         }
         self.inner
             .metrics
-            .publish_seconds
-            .get_or_create(&ResultLabels { result: label })
-            .observe(start.elapsed().as_secs_f64());
+            .observe_publish(label, start.elapsed().as_secs_f64());
         result
     }
 
     async fn publish_confirmed(
         &self,
-        envelope: &EventEnvelope,
+        event: &EventHead<'_>,
         body: &[u8],
     ) -> Result<(), PublishError> {
         let live = self.inner.current().ok_or(PublishError::Unavailable)?;
         if live.channels.is_empty() || !live.healthy() {
             return Err(PublishError::Unavailable);
         }
-        let result = self.publish_on(&live, envelope, body).await;
+        let result = self.publish_on(&live, event, body).await;
         if let Err(e) = &result {
             // A returned message says the topology is gone, not the channel; the rest
             // (nack, no confirm, channel error) retire the connection.
@@ -219,7 +235,7 @@ impl Publisher {
     async fn publish_on(
         &self,
         live: &Live,
-        envelope: &EventEnvelope,
+        event: &EventHead<'_>,
         body: &[u8],
     ) -> Result<(), PublishError> {
         let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
@@ -234,8 +250,8 @@ impl Publisher {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(envelope.id.as_str()))
-            .with_type(ShortString::from(envelope.event_type.as_str()))
+            .with_message_id(ShortString::from(event.id.as_str()))
+            .with_type(ShortString::from(&*event.event_type))
             .with_timestamp(now)
             .with_app_id(ShortString::from("ingest"));
         if !headers.inner().is_empty() {
@@ -252,7 +268,7 @@ impl Publisher {
             channel
                 .basic_publish(
                     ShortString::from(self.inner.topology.events_exchange()),
-                    ShortString::from(envelope.event_type.as_str()),
+                    ShortString::from(&*event.event_type),
                     options,
                     body,
                     properties,

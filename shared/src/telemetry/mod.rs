@@ -20,8 +20,9 @@ pub mod http;
 pub mod metrics;
 pub mod propagation;
 
-use std::time::Duration;
+use std::{io::IsTerminal, time::Duration};
 
+pub use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
@@ -323,7 +324,12 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
             // each line to its trace.
             .with_span_list(true)
             .boxed(),
-        LogFormat::Text => fmt::layer().boxed(),
+        // Colours only for a person at a terminal: into a pipe or a file (a container's
+        // log, journald) the escape codes are noise to read and to search, and writing them
+        // was a visible part of the per-request CPU (tests/bench/BENCHMARKS.md).
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed(),
     }];
     let (provider, failure) = match config
         .otlp
@@ -405,6 +411,25 @@ fn without_userinfo(url: &str) -> String {
             }
         }
         None => url.to_owned(),
+    }
+}
+
+/// Sets OpenTelemetry attributes on the span exported for `span`, computing them only when
+/// there is one (traces exported, this trace sampled).
+///
+/// For attributes that only the trace backend reads (the semantic conventions' `http.*`,
+/// `url.*`, `messaging.*`, …): as tracing fields the log layer would also format them, on
+/// every request, into the span prefix of log lines that never need them.
+pub fn set_attributes<I>(span: &tracing::Span, attributes: impl FnOnce() -> I)
+where
+    I: IntoIterator<Item = KeyValue>,
+{
+    let context = span.context();
+    let otel = context.span();
+    if otel.is_recording() {
+        for attribute in attributes() {
+            otel.set_attribute(attribute);
+        }
     }
 }
 

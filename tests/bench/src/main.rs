@@ -16,6 +16,8 @@
 //!   once, a budget far above the load): 4,000 queued purchases credited by two processes,
 //!   the same events redelivered (settled), against `pgbench -c 16` in the same run; and
 //!   the statements and commits per credited session, from `pg_stat_statements`.
+//! - `bench ingest-cpu`: ingest's instructions per request under callgrind (runs of `n` and
+//!   `2n` requests, subtracted), with the top functions; repeatable where wall clock is not.
 //!
 //! Run through `tests/bench/run.sh` (release build, installs wrk).
 
@@ -23,6 +25,7 @@
 
 mod debit_load;
 mod fulfill_load;
+mod ingest_cpu;
 mod ingest_load;
 mod throughput;
 
@@ -34,7 +37,7 @@ use clap::{Parser, ValueEnum};
 struct Cli {
     #[arg(value_enum, default_value = "all")]
     what: What,
-    /// Runs per configuration.
+    /// Runs per configuration (ingest-cpu: pairs of callgrind runs).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Seconds per wrk run.
@@ -46,6 +49,19 @@ struct Cli {
     /// Purchases queued for the throughput benchmark.
     #[arg(long, default_value_t = 4000)]
     purchases: usize,
+    /// ingest-cpu: requests of the smaller run (the larger sends twice as many).
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// ingest-cpu: keep-alive connections the requests are sent over.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// ingest-cpu: ingest's RUST_LOG (default: what ingest uses when it is unset).
+    #[arg(long, default_value = "info,lapin=warn,actix_server=warn")]
+    log: String,
+    /// ingest-cpu: the ingest binary to count (default: the one next to this binary), e.g.
+    /// a copy of an earlier build to compare with.
+    #[arg(long)]
+    ingest: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -55,6 +71,8 @@ enum What {
     Fulfill,
     Debits,
     Throughput,
+    /// Not part of `all`: ingest's instructions per request under callgrind.
+    IngestCpu,
 }
 
 /// Where the release binaries are: next to this one.
@@ -155,6 +173,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.what, What::All | What::Debits) {
         debit_load::run(cli.seconds.max(10)).await?;
+    }
+    if cli.what == What::IngestCpu {
+        let ingest = cli.ingest.unwrap_or_else(|| bin_dir().join("ingest"));
+        ingest_cpu::run(&ingest, cli.requests, cli.concurrency, &cli.log, cli.runs).await?;
     }
     Ok(())
 }

@@ -275,6 +275,8 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
     ingest_env.extend([
         ("STRIPE_WEBHOOK_SECRET", SECRET.to_owned()),
         ("INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
+        // ingest logs each accepted event at debug (README, "Logs").
+        ("RUST_LOG", "info,ingest=debug,lapin=warn".to_owned()),
     ]);
     let mut ingest = Proc::start("ingest", &bins.join("ingest"), &[], &ingest_env, &logs);
     assert!(
@@ -533,8 +535,8 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
         }
     }
 
-    // Logs join traces: the line that accepted the event and the line that credited it
-    // name the trace (ingest logs text, fulfill JSON).
+    // Logs join traces: the line that accepted the event (debug, enabled above) and the
+    // line that credited it name the trace (ingest logs text, fulfill JSON).
     let ingest_log = without_ansi_colours(&ingest.output());
     let accepted = ingest_log
         .lines()
