@@ -353,11 +353,23 @@ impl Fulfiller {
         // queueing for budget (the success page would wait on it). The slot is spent by
         // the first Stripe call of the fetch below (`prepaid`).
         let stripe = self.stripe.for_account(account);
-        stripe.reserve(max_wait).await?;
+        let reserved = std::sync::Mutex::new(Some(stripe.reserve(max_wait).await?));
+        // A slot this convergence will not spend goes back at once (another delivery holds
+        // the lease, or settled the session): the next convergence here spends it. Else
+        // every concurrent duplicate would burn a slot of the budget.
+        let give_back = || {
+            if let Some(r) = reserved.lock().ok().and_then(|mut r| r.take()) {
+                stripe.give_back(r);
+            }
+        };
         // Single flight: while another delivery (in any process) fetches this session,
         // wait for its result instead of spending budget on the same answer.
-        let started = match self.take_turn(account, session_id, cue, event).await? {
+        let started = match self
+            .take_turn(account, session_id, cue, event, &give_back)
+            .await?
+        {
             Turn::Settled(row) => {
+                give_back();
                 if let Some(e) = event {
                     // Settled by the state another delivery reached: this event is done
                     // too (a no-op when that delivery was this very event).
@@ -368,6 +380,14 @@ impl Fulfiller {
             }
             Turn::Fetch { started } => started,
         };
+        if reserved.lock().map_or(true, |r| r.is_none()) {
+            // The slot went back while this waited for another's lease, which ended
+            // without settling the session: take a new one (holding the lease, rarely).
+            if let Err(e) = stripe.reserve(max_wait).await {
+                self.give_back_turn(session_id, started, false).await;
+                return Err(e.into());
+            }
+        }
         let fetched = prepaid(async {
             let session = checkout_session::fetch(&stripe, session_id).await?;
             let money = money::fetch(&stripe, &session, matches!(cue, Cue::Money { .. })).await?;
@@ -483,6 +503,7 @@ impl Fulfiller {
         session_id: &CheckoutSessionId,
         cue: &Cue,
         event: Option<EventRef<'_>>,
+        waiting: &(dyn Fn() + Sync),
     ) -> Result<Turn, FulfillError> {
         let deadline = tokio::time::Instant::now() + FETCH_LEASE * 2;
         loop {
@@ -524,6 +545,7 @@ impl Fulfiller {
                 return Ok(Turn::Fetch { started: now });
             }
             drop(conn);
+            waiting();
             tokio::time::sleep(LEASE_POLL).await;
         }
     }

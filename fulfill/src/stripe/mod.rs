@@ -51,6 +51,12 @@ pub struct StripeConfig {
     pub backoff_max: Duration,
 }
 
+/// A budget slot taken by [`StripeClient::reserve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation {
+    slot: tokio::time::Instant,
+}
+
 #[derive(Clone)]
 pub struct StripeClient {
     http: reqwest::Client,
@@ -159,11 +165,15 @@ impl StripeClient {
     /// Takes one budget slot ahead for the caller's next call (which must run inside
     /// [`rate_limit::prepaid`]); with `max_wait`, fails with [`StripeError::BudgetBusy`]
     /// instead of waiting longer.
-    pub async fn reserve(&self, max_wait: Option<Duration>) -> Result<(), StripeError> {
-        match max_wait {
-            None => self.limiter.acquire(&self.account).await,
-            Some(bound) => self.limiter.acquire_within(&self.account, bound).await,
-        }
+    pub async fn reserve(&self, max_wait: Option<Duration>) -> Result<Reservation, StripeError> {
+        let slot = self.limiter.acquire_within(&self.account, max_wait).await?;
+        Ok(Reservation { slot })
+    }
+
+    /// A reserved slot that no call spent (another delivery settled the session): the
+    /// next call of this process for the same account may take it instead of a new one.
+    pub fn give_back(&self, reservation: Reservation) {
+        self.limiter.give_back(&self.account, reservation.slot);
     }
 
     /// GETs `path` with `query`, retrying transient failures. `endpoint` labels metrics.

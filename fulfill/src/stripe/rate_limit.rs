@@ -74,7 +74,7 @@ pub enum RateLimiter {
         interval: Duration,
         /// Slots taken from the row but not used yet, per account: at high budgets
         /// ([`block_size`] > 1) one update takes the next [`BLOCK_SPAN`] of slots.
-        blocks: std::sync::Mutex<HashMap<Account, Block>>,
+        blocks: std::sync::Mutex<HashMap<Account, Slots>>,
     },
 }
 
@@ -114,34 +114,60 @@ impl RateLimiter {
         self.take(account, None).await.map(drop)
     }
 
-    /// Takes a slot only if it is at most `bound` away; otherwise takes nothing and says
-    /// how long until the next free slot (the success page answers 503 with it).
+    /// Takes a slot only if it is at most `bound` away (waiting for it); otherwise takes
+    /// nothing and says how long until the next free slot (the success page answers 503
+    /// with it). Returns the slot taken, so that an unused one can be [given
+    /// back](Self::give_back).
     pub async fn acquire_within(
         &self,
         account: &Account,
-        bound: Duration,
-    ) -> Result<(), StripeError> {
-        match self.take(account, Some(bound)).await? {
-            None => Ok(()),
-            Some(retry_after) => Err(StripeError::BudgetBusy { retry_after }),
+        bound: Option<Duration>,
+    ) -> Result<Instant, StripeError> {
+        match self.take(account, bound).await? {
+            Ok(slot) => Ok(slot),
+            Err(retry_after) => Err(StripeError::BudgetBusy { retry_after }),
         }
     }
 
-    /// `Some(wait)` when `bound` was given and the slot is further away (nothing taken).
+    /// A slot taken and not used (the call it was for turned out not to be needed): the
+    /// next call of this process for `account` takes it instead of a new one, if it comes
+    /// within [`LATE_AT_MOST`] of the slot. Budget a process takes and then does not spend
+    /// is budget nobody spends.
+    pub fn give_back(&self, account: &Account, slot: Instant) {
+        match self {
+            Self::Local { interval, next } => {
+                // The last slot taken is simply not taken; an earlier one is lost.
+                if let Ok(mut slots) = next.try_lock()
+                    && let Some(next) = slots.get_mut(account)
+                    && *next == slot + *interval
+                {
+                    *next = slot;
+                }
+            }
+            Self::Shared { blocks, .. } => {
+                if let Ok(mut b) = blocks.lock() {
+                    b.entry(account.clone()).or_default().spares.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Waits for the slot and returns it, or `Err(wait)` when `bound` was given and the
+    /// slot is further away (nothing taken).
     async fn take(
         &self,
         account: &Account,
         bound: Option<Duration>,
-    ) -> Result<Option<Duration>, StripeError> {
+    ) -> Result<Result<Instant, Duration>, StripeError> {
+        let now = Instant::now();
         let wait = match self {
             Self::Local { interval, next } => {
                 let mut slots = next.lock().await;
-                let now = Instant::now();
                 let next = slots.entry(account.clone()).or_insert(now);
                 let slot = (*next).max(now).min(now + MAX_PAUSE);
                 let wait = slot - now;
                 if bound.is_some_and(|b| wait > b) {
-                    return Ok(Some(wait));
+                    return Ok(Err(wait));
                 }
                 *next = slot + *interval;
                 wait
@@ -154,8 +180,8 @@ impl RateLimiter {
                 let taken = blocks
                     .lock()
                     .ok()
-                    .and_then(|mut b| b.get_mut(account)?.take(Instant::now(), *interval));
-                if let Some(wait) = taken.filter(|w| bound.is_none_or(|b| *w <= b)) {
+                    .and_then(|mut b| b.get_mut(account)?.take(now, *interval, bound));
+                if let Some(wait) = taken {
                     wait
                 } else {
                     let n = block_size(*interval);
@@ -178,17 +204,14 @@ impl RateLimiter {
                             if n > 1
                                 && let Ok(mut b) = blocks.lock()
                             {
-                                b.insert(
-                                    account.clone(),
-                                    Block {
-                                        next: now + wait + *interval,
-                                        left: n - 1,
-                                    },
-                                );
+                                b.entry(account.clone()).or_default().block = Some(Block {
+                                    next: now + wait + *interval,
+                                    left: n - 1,
+                                });
                             }
                             wait
                         }
-                        budget::Slot::TooFar(wait) => return Ok(Some(wait)),
+                        budget::Slot::TooFar(wait) => return Ok(Err(wait)),
                     }
                 }
             }
@@ -197,7 +220,7 @@ impl RateLimiter {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(None)
+        Ok(Ok(now + wait))
     }
 
     /// Stripe said 429 for `account`: nobody calls for it again before `pause` (at most
@@ -239,6 +262,46 @@ pub fn block_size(interval: Duration) -> u32 {
     // Integer division: a fraction of a slot is not taken.
     let n = BLOCK_SPAN.as_nanos() / interval.as_nanos().max(1);
     u32::try_from(n).unwrap_or(MAX_BLOCK).clamp(1, MAX_BLOCK)
+}
+
+/// What a process holds of one account's budget besides the row: a block of slots
+/// taken ahead, and slots given back unused.
+#[derive(Debug, Clone, Default)]
+pub struct Slots {
+    pub block: Option<Block>,
+    pub spares: Vec<Instant>,
+}
+
+impl Slots {
+    /// The wait for a slot held here (a spare first, then the block), if one is fresh and
+    /// within `bound`.
+    pub fn take(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        bound: Option<Duration>,
+    ) -> Option<Duration> {
+        self.spares.retain(|s| *s + LATE_AT_MOST >= now);
+        let within = |wait: Duration| bound.is_none_or(|b| wait <= b);
+        if let Some((i, _)) = self
+            .spares
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| **s)
+            .filter(|(_, s)| within(s.saturating_duration_since(now)))
+        {
+            return Some(self.spares.swap_remove(i).saturating_duration_since(now));
+        }
+        let block = self.block.as_mut()?;
+        let mut peek = *block;
+        let wait = peek.take(now, interval)?;
+        if within(wait) {
+            *block = peek;
+            Some(wait)
+        } else {
+            None
+        }
+    }
 }
 
 /// Slots of one account's budget already taken from the row.
@@ -295,6 +358,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_slot_given_back_is_taken_before_the_block_and_only_while_fresh() {
+        let now = Instant::now();
+        let step = Duration::from_millis(1);
+        let mut slots = Slots {
+            block: Some(Block {
+                next: now + step * 5,
+                left: 1,
+            }),
+            spares: vec![now + step * 2, now - LATE_AT_MOST - step],
+        };
+        // The fresh spare first, the stale one dropped, then the block, then nothing.
+        assert_eq!(slots.take(now, step, None), Some(step * 2));
+        assert!(slots.spares.is_empty());
+        assert_eq!(slots.take(now, step, None), Some(step * 5));
+        assert_eq!(slots.take(now, step, None), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_slot_further_than_the_bound_is_kept() {
+        let now = Instant::now();
+        let step = Duration::from_millis(10);
+        let mut slots = Slots {
+            block: None,
+            spares: vec![now + step * 3],
+        };
+        assert_eq!(slots.take(now, step, Some(step)), None);
+        assert_eq!(slots.spares.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_slot_given_back_is_the_next_one_taken() {
+        let limiter = RateLimiter::local(1.0);
+        let start = Instant::now();
+        limiter.acquire(&P).await.unwrap();
+        let slot = limiter.acquire_within(&P, None).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        limiter.give_back(&P, slot);
+        // Taken again at once instead of a second later.
+        let again = limiter.acquire_within(&P, None).await.unwrap();
+        assert_eq!(again, slot);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_stale_block_is_dropped_not_spent_late() {
         let now = Instant::now();
         let mut block = Block { next: now, left: 5 };
@@ -338,7 +445,10 @@ mod tests {
         limiter.acquire(&P).await.unwrap();
         // The next slot is 1 s away: too far for 100 ms, fine for 2 s.
         let start = Instant::now();
-        match limiter.acquire_within(&P, Duration::from_millis(100)).await {
+        match limiter
+            .acquire_within(&P, Some(Duration::from_millis(100)))
+            .await
+        {
             Err(StripeError::BudgetBusy { retry_after }) => {
                 assert!(retry_after > Duration::from_millis(100), "{retry_after:?}");
             }
@@ -346,7 +456,7 @@ mod tests {
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         limiter
-            .acquire_within(&P, Duration::from_secs(2))
+            .acquire_within(&P, Some(Duration::from_secs(2)))
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(1));
