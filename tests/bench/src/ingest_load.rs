@@ -304,21 +304,23 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
     );
     let logs = e2e::log_dir("bench-ingest");
     let port = e2e::free_port();
-    let mut ingest = e2e::Proc::start(
-        "ingest",
-        &bins.join("ingest"),
-        &[],
-        &[
-            ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
-            ("INGEST_ADDR", format!("127.0.0.1:{port}")),
-            ("AMQP_URL", broker.url.clone()),
-            ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
-            // As deployed (deploy/k8s/configmap.yaml): what logging costs is part of
-            // what ingest costs. Its output goes to a file, as a container's to a pipe.
-            ("RUST_LOG", "info,lapin=warn,actix_server=warn".into()),
-        ],
-        &logs,
-    );
+    let mut env: Vec<(&str, String)> = vec![
+        ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
+        ("INGEST_ADDR", format!("127.0.0.1:{port}")),
+        ("AMQP_URL", broker.url.clone()),
+        ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+        // As deployed (deploy/k8s/configmap.yaml): what logging costs is part of
+        // what ingest costs. Its output goes to a file, as a container's to a pipe.
+        ("RUST_LOG", "info,lapin=warn,actix_server=warn".into()),
+    ];
+    // To try a setting: `INGEST_WORKERS=1 bench ingest` passes it on (defaults otherwise).
+    for name in ["INGEST_WORKERS", "INGEST_PUBLISH_CHANNELS"] {
+        if let Ok(value) = std::env::var(name) {
+            println!("ingest with {name}={value}");
+            env.push((name, value));
+        }
+    }
+    let mut ingest = e2e::Proc::start("ingest", &bins.join("ingest"), &[], &env, &logs);
     let client = test_support::http_client();
     if !e2e::wait_ok(
         &client,
