@@ -17,19 +17,8 @@ pub async fn seen(conn: &AsyncPgConnection, event_id: &str) -> QueryResult<bool>
 }
 
 /// Records an event; a second record of the same id changes nothing. Returns whether
-/// this call inserted it.
+/// this call inserted it. Takes the connection shared so that it can be pipelined with other statements.
 pub async fn record(
-    conn: &mut AsyncPgConnection,
-    event_id: &str,
-    event_type: &str,
-    object_id: Option<&str>,
-    outcome: &str,
-) -> QueryResult<bool> {
-    record_shared(conn, event_id, event_type, object_id, outcome).await
-}
-
-/// [`record`] on a shared connection, to be pipelined with other statements.
-pub async fn record_shared(
     conn: &AsyncPgConnection,
     event_id: &str,
     event_type: &str,

@@ -86,24 +86,13 @@ pub async fn lock(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Opt
         .optional()
 }
 
-/// Creates the row if needed and locks it until the caller's transaction ends, so that
-/// concurrent fulfillments of one session run one after the other. One round trip when
-/// the row exists (taking the fetch lease created it).
-pub async fn lock_or_create(
+/// Creates the row (when [`lock`] found none: the fetch lease's row is gone) and locks it
+/// until the caller's transaction ends.
+pub async fn create_and_lock(
     conn: &mut AsyncPgConnection,
     account: &str,
     session_id: &str,
 ) -> QueryResult<SessionRow> {
-    if let Some(row) = checkout_sessions::table
-        .find(session_id)
-        .select(SessionRow::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?
-    {
-        return Ok(row);
-    }
     diesel::insert_into(checkout_sessions::table)
         .values((
             checkout_sessions::session_id.eq(session_id),
@@ -113,12 +102,9 @@ pub async fn lock_or_create(
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
-    checkout_sessions::table
-        .find(session_id)
-        .select(SessionRow::as_select())
-        .for_update()
-        .first(conn)
-        .await
+    lock(conn, session_id)
+        .await?
+        .ok_or(diesel::result::Error::NotFound)
 }
 
 /// Writes `changes` and gives back the fetch lease taken at `held_since` (as

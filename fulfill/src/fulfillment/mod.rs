@@ -274,18 +274,10 @@ impl Fulfiller {
             && same_account(&row, &account)?
             && row.state.settles(&cue)
         {
-            {
-                let outcome = EventOutcome::AlreadySettled(row.state);
-                db::events::record(
-                    &mut *self.pool.get().await?,
-                    envelope.id.as_str(),
-                    event_type.as_str(),
-                    Some(session_id.as_str()),
-                    outcome.label(),
-                )
+            let outcome = EventOutcome::AlreadySettled(row.state);
+            self.record(event, session_id.as_str(), outcome.clone())
                 .await?;
-                return Ok(outcome);
-            }
+            return Ok(outcome);
         }
         let (state, change) = self
             .converge(&account, &session_id, &cue, Some(event))
@@ -581,9 +573,9 @@ impl Fulfiller {
                 "an event of the other Stripe mode was received and ignored (logged once a minute); check which endpoint sends to this deployment"
             );
         }
-        let mut conn = self.pool.get().await?;
+        let conn = self.pool.get().await?;
         db::events::record(
-            &mut conn,
+            &conn,
             envelope.id.as_str(),
             &envelope.event_type,
             envelope.object_id().as_deref(),
@@ -599,9 +591,9 @@ impl Fulfiller {
         object_id: &str,
         outcome: EventOutcome,
     ) -> Result<(), FulfillError> {
-        let mut conn = self.pool.get().await?;
+        let conn = self.pool.get().await?;
         db::events::record(
-            &mut conn,
+            &conn,
             event.id.as_str(),
             event.event_type.as_str(),
             Some(object_id),

@@ -61,7 +61,7 @@ pub(super) async fn apply(
     let (row, applied) = match locked {
         Some(row) => (row, applied),
         None => {
-            let row = sessions::lock_or_create(conn, account.key(), session_id.as_str()).await?;
+            let row = sessions::create_and_lock(conn, account.key(), session_id.as_str()).await?;
             (row, ledger::applied(conn, session_id.as_str()).await?)
         }
     };
@@ -225,7 +225,7 @@ pub(super) async fn apply(
     let shared: &AsyncPgConnection = conn;
     let record = async {
         match event {
-            Some(e) => db::events::record_shared(
+            Some(e) => db::events::record(
                 shared,
                 e.id.as_str(),
                 e.event_type.as_str(),

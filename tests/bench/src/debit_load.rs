@@ -182,18 +182,6 @@ pub fn pgbench_tps(db: &TestDb, seconds: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("pgbench output: {text}"))
 }
 
-async fn scalar(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
-    use diesel::{QueryableByName, sql_types::BigInt};
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let mut conn = db.connect().await;
-    let rows: Vec<Row> = sql_query(sql).load(&mut conn).await?;
-    Ok(<[Row]>::first(&rows).map_or(0, |r| r.n))
-}
-
 /// Users with credits, written as the migration writes existing balances (entry, balance
 /// row, one non-expiring lot) — seeding through the API would take longer than the run.
 async fn seed(db: &TestDb, prefix: &str, users: u32, credits: i64) -> anyhow::Result<()> {
@@ -284,17 +272,17 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     // Long enough to drain it at the one-row rate just measured, then keep pushing.
     let drain_secs = ((DRAIN as f64 / one.max(1.0)).ceil() as u64 + 3).min(60);
     let (_, refused, _, _) = load(&bases, "drain", 1, drain_secs, "drain", None, &logs)?;
-    let balance = scalar(
+    let balance = crate::scalar(
         &db,
         "SELECT credits AS n FROM balances WHERE user_id = 'drain1'",
     )
     .await?;
-    let debits = scalar(
+    let debits = crate::scalar(
         &db,
         "SELECT count(*) AS n FROM ledger_entries WHERE user_id = 'drain1' AND reason = 'debit'",
     )
     .await?;
-    let distinct = scalar(
+    let distinct = crate::scalar(
         &db,
         "SELECT count(DISTINCT debit_id) AS n FROM ledger_entries \
          WHERE user_id = 'drain1' AND reason = 'debit'",

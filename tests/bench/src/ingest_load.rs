@@ -303,10 +303,8 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         body.len()
     );
     let logs = e2e::log_dir("bench-ingest");
-    let port = e2e::free_port();
     let mut env: Vec<(&str, String)> = vec![
         ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
-        ("INGEST_ADDR", format!("127.0.0.1:{port}")),
         ("AMQP_URL", broker.url.clone()),
         ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
         // As deployed (deploy/k8s/configmap.yaml): what logging costs is part of
@@ -320,18 +318,15 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
             env.push((name, value));
         }
     }
-    let mut ingest = e2e::Proc::start("ingest", &bins.join("ingest"), &[], &env, &logs);
-    let client = test_support::http_client();
-    if !e2e::wait_ok(
-        &client,
-        &format!("http://127.0.0.1:{port}/readyz"),
+    let (mut ingest, base) = crate::start_ready(
+        "ingest",
+        "INGEST_ADDR",
+        &env,
+        &logs,
         Duration::from_secs(30),
     )
-    .await
-    {
-        bail!("ingest did not start:\n{}", ingest.output());
-    }
-    let url = format!("http://127.0.0.1:{port}/webhooks/stripe");
+    .await?;
+    let url = format!("{base}/webhooks/stripe");
     // Warm up.
     wrk(&url, &body, 16, 1, &logs)?;
     purge(&conn, &broker.topology.checkout_queue()).await?;

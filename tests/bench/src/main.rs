@@ -106,7 +106,7 @@ pub async fn start_ready(
     )
     .await
     {
-        anyhow::bail!("{name} did not start");
+        anyhow::bail!("{name} did not start:\n{}", proc.output());
     }
     Ok((proc, base))
 }
@@ -130,6 +130,20 @@ pub async fn start_ingest(
         std::time::Duration::from_secs(30),
     )
     .await
+}
+
+/// The `n` (a bigint) of the first row `sql` returns on `db`; 0 without rows.
+pub async fn scalar(db: &test_support::db::TestDb, sql: &str) -> anyhow::Result<i64> {
+    use diesel::{QueryableByName, sql_query, sql_types::BigInt};
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = db.connect().await;
+    let rows: Vec<Row> = sql_query(sql).load(&mut conn).await?;
+    Ok(<[Row]>::first(&rows).map_or(0, |r| r.n))
 }
 
 /// Peak resident set size of a process, in MiB.

@@ -21,7 +21,7 @@ use fake_stripe::{FakeStripe, Knobs, PriceSpec, SessionSpec};
 use futures_util::{StreamExt, stream};
 use test_support::{broker::TestBroker, db::TestDb};
 
-use crate::{debit_load::pgbench_tps, ingest_load::median};
+use crate::{debit_load::pgbench_tps, ingest_load::median, scalar};
 
 const SECRET: &str = "whsec_bench_secret";
 const COMPLETED: &str = "checkout.session.completed";
@@ -154,42 +154,29 @@ impl Fulfills {
     }
 }
 
-async fn scalar_f64(db: &TestDb, sql: &str) -> anyhow::Result<f64> {
-    use diesel::{QueryableByName, sql_query, sql_types::Double};
-    use diesel_async::RunQueryDsl;
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = Double)]
-        v: f64,
-    }
-    let mut conn = db.connect().await;
-    let rows: Vec<Row> = sql_query(sql).load(&mut conn).await?;
-    Ok(<[Row]>::first(&rows).map_or(0.0, |r| r.v))
-}
-
 /// Purchase entries so far, and the seconds between the first's and the last's commit.
 async fn purchases_credited(db: &TestDb) -> anyhow::Result<(u64, f64)> {
-    let n = scalar_f64(
+    let n = scalar(
         db,
-        "SELECT count(*)::float8 AS v FROM ledger_entries WHERE reason = 'purchase'",
+        "SELECT count(*) AS n FROM ledger_entries WHERE reason = 'purchase'",
     )
     .await?;
-    let span = scalar_f64(
+    let span_us = scalar(
         db,
-        "SELECT coalesce(extract(epoch FROM max(created_at) - min(created_at)), 0)::float8 AS v \
-         FROM ledger_entries WHERE reason = 'purchase'",
+        "SELECT coalesce((extract(epoch FROM max(created_at) - min(created_at)) * 1e6)::bigint, 0) \
+         AS n FROM ledger_entries WHERE reason = 'purchase'",
     )
     .await?;
-    Ok((n as u64, span))
+    Ok((n.unsigned_abs(), span_us as f64 / 1e6))
 }
 
 /// Credit events not yet announced.
-async fn outbox_pending(db: &TestDb) -> anyhow::Result<u64> {
-    Ok(scalar_f64(
+async fn outbox_pending(db: &TestDb) -> anyhow::Result<i64> {
+    scalar(
         db,
-        "SELECT count(*)::float8 AS v FROM credit_events WHERE sent_at IS NULL",
+        "SELECT count(*) AS n FROM credit_events WHERE sent_at IS NULL",
     )
-    .await? as u64)
+    .await
 }
 
 struct Figures {
@@ -294,9 +281,9 @@ async fn round_trips(sessions: usize) -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
     let commits = || {
-        scalar_f64(
+        scalar(
             &db,
-            "SELECT xact_commit::float8 AS v FROM pg_stat_database WHERE datname = current_database()",
+            "SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()",
         )
     };
     let commits_before = commits().await?;
@@ -341,7 +328,7 @@ async fn round_trips(sessions: usize) -> anyhow::Result<()> {
     println!(
         "statements per credited session: {:.2}; commits per credited session: {:.2} (about {polls:.0} of the commits are this benchmark's own polling, subtracted)",
         total as f64 / n,
-        (commits_after - commits_before - polls).max(0.0) / n
+        ((commits_after - commits_before) as f64 - polls).max(0.0) / n
     );
     println!("\n| calls per session | statement |\n|---|---|");
     for s in statements.iter().take(25) {
