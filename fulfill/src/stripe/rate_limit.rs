@@ -75,6 +75,10 @@ pub enum RateLimiter {
         /// Slots taken from the row but not used yet, per account: at high budgets
         /// ([`block_size`] > 1) one update takes the next [`BLOCK_SPAN`] of slots.
         blocks: std::sync::Mutex<HashMap<Account, Slots>>,
+        /// One refill of an account's block at a time: the callers that found the block
+        /// spent wait for that one update and share what it took, instead of each
+        /// queueing on the row's lock for a block of its own.
+        refills: std::sync::Mutex<HashMap<Account, std::sync::Arc<Mutex<()>>>>,
     },
 }
 
@@ -102,6 +106,7 @@ impl RateLimiter {
             pool,
             interval: interval(per_second),
             blocks: std::sync::Mutex::new(HashMap::new()),
+            refills: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -176,49 +181,74 @@ impl RateLimiter {
                 pool,
                 interval,
                 blocks,
+                refills,
             } => {
-                let taken = blocks
-                    .lock()
-                    .ok()
-                    .and_then(|mut b| b.get_mut(account)?.take(now, *interval, bound));
-                if let Some(wait) = taken {
-                    wait
-                } else {
-                    let n = block_size(*interval);
-                    let mut conn = pool
-                        .get()
-                        .await
-                        .map_err(|e| StripeError::Budget(e.to_string()))?;
+                // A held slot, as the wait from the moment it was taken.
+                let held = || {
                     let now = Instant::now();
-                    match budget::take_slot(
-                        &mut conn,
-                        &account.budget_name(),
-                        *interval * n,
-                        MAX_PAUSE,
-                        bound,
-                    )
-                    .await
-                    .map_err(|e| StripeError::Budget(e.to_string()))?
-                    {
-                        budget::Slot::Taken(wait) => {
-                            if n > 1
-                                && let Ok(mut b) = blocks.lock()
-                            {
-                                b.entry(account.clone()).or_default().block = Some(Block {
-                                    next: now + wait + *interval,
-                                    left: n - 1,
-                                });
-                            }
-                            wait
-                        }
-                        budget::Slot::TooFar(wait) => return Ok(Err(wait)),
-                    }
+                    blocks
+                        .lock()
+                        .ok()
+                        .and_then(|mut b| b.get_mut(account)?.take(now, *interval, bound))
+                        .map(|wait| (now, wait))
+                };
+                let n = block_size(*interval);
+                let mut taken = held();
+                // With blocks the refill is single-flight (see `refills`): the callers that
+                // found the block spent wait for the one refilling it and take from what
+                // it took. With one slot per update every caller takes its own.
+                let mut refilling = None;
+                if taken.is_none()
+                    && n > 1
+                    && let Some(refill) = refills
+                        .lock()
+                        .ok()
+                        .map(|mut r| std::sync::Arc::clone(r.entry(account.clone()).or_default()))
+                {
+                    refilling = Some(refill.lock_owned().await);
+                    taken = held();
                 }
+                let (at, wait) = match taken {
+                    Some(held) => held,
+                    None => {
+                        let mut conn = pool
+                            .get()
+                            .await
+                            .map_err(|e| StripeError::Budget(e.to_string()))?;
+                        let now = Instant::now();
+                        match budget::take_slot(
+                            &mut conn,
+                            &account.budget_name(),
+                            *interval * n,
+                            MAX_PAUSE,
+                            bound,
+                        )
+                        .await
+                        .map_err(|e| StripeError::Budget(e.to_string()))?
+                        {
+                            budget::Slot::Taken(wait) => {
+                                if n > 1
+                                    && let Ok(mut b) = blocks.lock()
+                                {
+                                    b.entry(account.clone()).or_default().block = Some(Block {
+                                        next: now + wait + *interval,
+                                        left: n - 1,
+                                    });
+                                }
+                                (now, wait)
+                            }
+                            budget::Slot::TooFar(wait) => return Ok(Err(wait)),
+                        }
+                    }
+                };
+                drop(refilling);
+                // From now on: the waits above (for the pool, for the refill) count.
+                (at + wait).saturating_duration_since(now)
             }
         };
         let wait = wait.min(MAX_PAUSE);
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(now + wait).await;
         }
         Ok(Ok(now + wait))
     }

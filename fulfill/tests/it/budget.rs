@@ -104,3 +104,58 @@ async fn no_pause_or_clock_step_holds_the_budget_past_the_cap() {
         other => panic!("{other:?}"),
     }
 }
+
+/// At a budget far above demand, slots come in blocks (one update of the row takes the
+/// next 10 ms of them). Callers that all find the block spent wait for one refill and
+/// share it: a burst of them costs one update, not one each queueing on the row's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_finding_the_block_spent_share_one_refill() {
+    use fulfill::{domain::account::Account, stripe::rate_limit::RateLimiter};
+    let world = World::new().await;
+    let _app = world.start(&Options::default()).await; // migrates the database
+    let mut conn = world.db.connect().await;
+    // Count the updates of the budget rows (this test's own database).
+    for statement in [
+        "CREATE TABLE budget_updates (n INT NOT NULL)",
+        "INSERT INTO budget_updates VALUES (0)",
+        "CREATE FUNCTION count_budget_update() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN UPDATE budget_updates SET n = n + 1; RETURN NEW; END $$",
+        "CREATE TRIGGER count_budget_update AFTER UPDATE ON stripe_rate_budget \
+         FOR EACH ROW EXECUTE FUNCTION count_budget_update()",
+    ] {
+        diesel::sql_query(statement)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let url = secrecy::SecretString::from(world.db.url.clone());
+    let limiter = std::sync::Arc::new(RateLimiter::shared(fulfill::db::pool(&url, 16), 100_000.0));
+    for burst in 1..=3 {
+        // 16 callers at once find the block spent (or none yet).
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let limiter = std::sync::Arc::clone(&limiter);
+                tokio::spawn(async move { limiter.acquire(&Account::PLATFORM).await })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap().unwrap();
+        }
+        let counted: Vec<Count> = diesel::sql_query("SELECT n::BIGINT AS n FROM budget_updates")
+            .load(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            counted[0].n, burst,
+            "updates of the budget row after burst {burst}"
+        );
+        // Past the block's lateness (50 ms): the next burst finds it spent again.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
