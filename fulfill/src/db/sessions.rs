@@ -72,6 +72,32 @@ pub async fn find(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Opt
         .optional()
 }
 
+/// Whether event `event_id` was processed before, and session `session_id`'s row, in one
+/// statement: what every delivery of a session's event asks first (a redelivery is
+/// answered by it alone).
+pub async fn seen_and_find(
+    conn: &mut AsyncPgConnection,
+    event_id: &str,
+    session_id: &str,
+) -> QueryResult<(bool, Option<SessionRow>)> {
+    #[derive(QueryableByName)]
+    struct SeenRow {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        seen: bool,
+        #[diesel(embed)]
+        session: Option<SessionRow>,
+    }
+    let row: SeenRow = super::prepared::prepared(
+        "SELECT EXISTS (SELECT 1 FROM stripe_events WHERE event_id = $1) AS seen, s.* \
+         FROM (SELECT 1) AS one LEFT JOIN checkout_sessions s ON s.session_id = $2",
+    )
+    .bind::<diesel::sql_types::Text, _>(event_id)
+    .bind::<diesel::sql_types::Text, _>(session_id)
+    .get_result(conn)
+    .await?;
+    Ok((row.seen, row.session))
+}
+
 /// Locks the session's row until the caller's transaction ends, if it exists. Takes the
 /// connection shared so that the next read can be pipelined behind it (statements on one
 /// connection run in order, so that read still sees everything committed before the lock

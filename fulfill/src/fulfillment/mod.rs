@@ -228,19 +228,17 @@ impl Fulfiller {
             _ => None,
         };
         // A redelivered event costs one indexed read and no Stripe call, whatever its type;
-        // for a session's own events the session's row is read in the same round trip.
+        // for a session's own events the session's row comes with it, in the same statement.
         let (seen, known) = {
-            let conn = self.pool.get().await?;
-            let shared: &AsyncPgConnection = &conn;
+            let mut conn = self.pool.get().await?;
             match &checkout_id {
                 Some(id) => {
-                    let (seen, row) = futures_util::try_join!(
-                        db::events::seen(shared, envelope.id.as_str()),
-                        sessions::find(shared, id.as_str()),
-                    )?;
+                    let (seen, row) =
+                        sessions::seen_and_find(&mut conn, envelope.id.as_str(), id.as_str())
+                            .await?;
                     (seen, Some(row))
                 }
-                None => (db::events::seen(shared, envelope.id.as_str()).await?, None),
+                None => (db::events::seen(&conn, envelope.id.as_str()).await?, None),
             }
         };
         if seen {
