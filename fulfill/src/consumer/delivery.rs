@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use lapin::{
     BasicProperties,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
+    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use shared::{
@@ -19,14 +19,14 @@ use shared::{
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{Context, Publish};
+use super::{Acks, Context, Publish};
 use crate::{
     domain::settlement::{self, RetryPolicy, Settlement},
     error::{FulfillError, error_chain},
     metrics::KindLabels,
 };
 
-pub(crate) async fn process(context: &Context, publish: &Publish, delivery: Delivery) {
+pub(crate) async fn process(context: &Context, publish: &Publish, acks: &Acks, delivery: Delivery) {
     let event_type = delivery
         .properties
         .kind()
@@ -38,7 +38,7 @@ pub(crate) async fn process(context: &Context, publish: &Publish, delivery: Deli
         .unwrap_or(0)
         + 1;
     let span = consumer_span(context, &delivery, &event_type, attempts);
-    settle(context, publish, delivery, &event_type, attempts)
+    settle(context, publish, acks, delivery, &event_type, attempts)
         .instrument(span)
         .await;
 }
@@ -91,6 +91,7 @@ fn consumer_span(
 async fn settle(
     context: &Context,
     publish: &Publish,
+    acks: &Acks,
     delivery: Delivery,
     event_type: &str,
     attempts: u32,
@@ -123,15 +124,9 @@ async fn settle(
     let settled = match (settlement, result) {
         (Settlement::Ack, _) => {
             tracing::debug!(outcome, "delivery processed");
-            ack(&delivery).await
+            acks.ack(delivery.delivery_tag).await
         }
-        (Settlement::Requeue, _) => delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .map(|_| ()),
+        (Settlement::Requeue, _) => acks.requeue(&delivery).await,
         (Settlement::Retry { delay }, result) => {
             // Equal jitter below the planned delay, so that many retries do not align.
             let delay = amqp::backoff_from(delay, 0, delay);
@@ -149,7 +144,14 @@ async fn settle(
                 .clone()
                 .with_headers(h)
                 .with_expiration(ShortString::from(delay.as_millis().to_string()));
-            republish(publish, &context.topology.retry_queue(), &delivery, props).await
+            republish(
+                publish,
+                acks,
+                &context.topology.retry_queue(),
+                &delivery,
+                props,
+            )
+            .await
         }
         (Settlement::DeadLetter { kind }, result) => {
             let reason = result.err().map_or_else(String::new, |e| error_chain(&e));
@@ -184,6 +186,7 @@ async fn settle(
             let props = delivery.properties.clone().with_headers(h);
             republish(
                 publish,
+                acks,
                 &context.topology.dead_letter_queue(),
                 &delivery,
                 props,
@@ -202,15 +205,12 @@ async fn settle(
         .observe(started.elapsed().as_secs_f64());
 }
 
-async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
-    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
-}
-
 /// Publishes a copy to `queue` (default exchange), waits for the confirm, then acks the
 /// original. If the copy is not confirmed, the original is requeued instead and the
 /// connection is retired ([`Publish::retire`]): a refused channel may stay refused.
 async fn republish(
     publish: &Publish,
+    acks: &Acks,
     queue: &str,
     delivery: &Delivery,
     props: BasicProperties,
@@ -233,17 +233,11 @@ async fn republish(
     }
     .await;
     match confirmed {
-        Ok(lapin::Confirmation::Ack(None)) => ack(delivery).await,
+        Ok(lapin::Confirmation::Ack(None)) => acks.ack(delivery.delivery_tag).await,
         other => {
             tracing::warn!(?other, queue, "copy not confirmed; requeueing the original");
             publish.retire();
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-                .map(|_| ())
+            acks.requeue(delivery).await
         }
     }
 }

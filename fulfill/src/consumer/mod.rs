@@ -19,7 +19,10 @@ use std::{
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, ConfirmSelectOptions,
+    },
     types::{FieldTable, ShortString},
 };
 use shared::{amqp, config::AmqpConfig, topology::Topology};
@@ -28,6 +31,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::ConsumerConfig,
+    domain::ack_window::{AckAction, AckWindow},
     fulfillment::Fulfiller,
     metrics::Metrics,
     services::Services,
@@ -71,6 +75,63 @@ impl Publish {
     /// Ends consuming on this connection (see the type's doc).
     pub(crate) fn retire(&self) {
         self.retired.cancel();
+    }
+}
+
+/// The acks of the consume channel, batched by an [`AckWindow`]: a done delivery behind
+/// an unfinished one is held (a few at most) and goes out with it as one `multiple` ack.
+/// Each ack still follows its delivery's commit (or confirmed copy). Acks are sent under
+/// the window's lock, so they leave in the order the window decided them.
+pub(crate) struct Acks {
+    channel: Channel,
+    window: tokio::sync::Mutex<AckWindow>,
+}
+
+impl Acks {
+    fn new(channel: Channel, prefetch: u16) -> Self {
+        Self {
+            channel,
+            // A quarter of the prefetch window at most waits behind a slow delivery.
+            window: tokio::sync::Mutex::new(AckWindow::new(usize::from(prefetch / 4))),
+        }
+    }
+
+    async fn delivered(&self, tag: u64) {
+        self.window.lock().await.delivered(tag);
+    }
+
+    /// The delivery is done: ack it (now, or with the ones it is held behind).
+    pub(crate) async fn ack(&self, tag: u64) -> Result<(), lapin::Error> {
+        let mut window = self.window.lock().await;
+        let action = window.done(tag);
+        self.send(action).await
+    }
+
+    /// Requeues the delivery (on its own), then acks what it held back.
+    pub(crate) async fn requeue(
+        &self,
+        delivery: &lapin::message::Delivery,
+    ) -> Result<(), lapin::Error> {
+        let mut window = self.window.lock().await;
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+        let action = window.settled_elsewhere(delivery.delivery_tag);
+        self.send(action).await
+    }
+
+    async fn send(&self, action: AckAction) -> Result<(), lapin::Error> {
+        let (tag, multiple) = match action {
+            AckAction::None => return Ok(()),
+            AckAction::Single(tag) => (tag, false),
+            AckAction::Multiple(tag) => (tag, true),
+        };
+        self.channel
+            .basic_ack(tag, BasicAckOptions { multiple })
+            .await
     }
 }
 
@@ -259,6 +320,7 @@ async fn consume_until_lost(
         }
     };
     let mut key = context.key.watch();
+    let acks = Arc::new(Acks::new(consume.clone(), context.config.prefetch));
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(context.config.concurrency));
     let ended = loop {
@@ -282,12 +344,16 @@ async fn consume_until_lost(
         };
         match next {
             Some(Ok(d)) => {
+                acks.delivered(d.delivery_tag).await;
                 let context = Arc::clone(context);
                 let publish = Arc::clone(&publish);
-                tracker.spawn(async move {
-                    delivery::process(&context, &publish, d).await;
+                let acks = Arc::clone(&acks);
+                // Boxed here: the delivery's future is large, and the spawn would
+                // otherwise copy it through each layer (tracker, runtime, task cell).
+                tracker.spawn(Box::pin(async move {
+                    delivery::process(&context, &publish, &acks, d).await;
                     drop(permit);
-                });
+                }));
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "delivery stream failed");

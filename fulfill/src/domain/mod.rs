@@ -7,11 +7,13 @@
 //!   delta entries that get it there;
 //! - [`session`]: the session's states, their transitions, and the plan one view makes;
 //! - [`cue`]: what set a convergence off, and whether a view answers it;
-//! - [`settlement`]: ack, retry or dead-letter a delivery.
+//! - [`settlement`]: ack, retry or dead-letter a delivery;
+//! - [`ack_window`]: which acks of a channel go out together (`multiple`).
 //!
 //! The orchestrator (`crate::fulfillment`) is fetch → decide here → persist → settle.
 
 pub mod account;
+pub mod ack_window;
 pub mod credits;
 pub mod cue;
 pub mod expiry_rule;

@@ -245,3 +245,70 @@ async fn the_success_page_racing_the_webhook_credits_once() {
     }
     tokio::time::sleep(QUIET).await;
 }
+
+/// Acks go out batched (one `multiple` ack for a run of done deliveries, done ones held
+/// behind a slow one), yet every delivery is acked once it is done and only once: after
+/// a burst of shuffled duplicates with jittery Stripe answers, every delivery was
+/// handled once (none came back) and, the consumer stopped, none is left in the queue
+/// (an unacked one would have been returned to it when the channel closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_settle_every_delivery_exactly_once() {
+    let world = World::new().await;
+    let app = world
+        .start(&Options {
+            concurrency: 16,
+            ..Options::default()
+        })
+        .await;
+    // Some answers are slow, so deliveries finish out of order.
+    world.set_knobs(fake_stripe::Knobs {
+        jitter_ms: 40,
+        ..fake_stripe::Knobs::default()
+    });
+    let pack = world.price(PriceSpec::credits(10));
+    let mut events = Vec::new();
+    for n in 0..40 {
+        let session = world.session(SessionSpec::paid(&format!("acked-{n}"), &pack, 1));
+        let (id, body) = world.event(&session, COMPLETED);
+        for _ in 0..3 {
+            events.push((id.clone(), body.clone()));
+        }
+    }
+    // Shuffled: a fixed permutation (stride coprime with the length).
+    let n = events.len();
+    let shuffled: Vec<_> = (0..n).map(|i| events[(i * 7) % n].clone()).collect();
+    join_all(
+        shuffled
+            .iter()
+            .map(|(id, body)| world.publish(COMPLETED, id, body)),
+    )
+    .await;
+    for n in 0..40 {
+        app.assert_balance_settles(&world.client, &format!("acked-{n}"), 10)
+            .await;
+    }
+    let handled = crate::helpers::eventually(|| async {
+        let handled = handled(&app.metrics(&world.client).await);
+        (handled >= n as f64).then_some(handled)
+    })
+    .await;
+    assert_eq!(
+        handled, n as f64,
+        "deliveries handled (a redelivered one counts twice)"
+    );
+    app.stop().await.unwrap();
+    let left = world
+        .broker
+        .take(&world.broker.topology.checkout_queue(), QUIET)
+        .await;
+    assert!(left.is_none(), "a delivery was left unacked: {left:?}");
+}
+
+/// Every delivery handled, whatever its outcome: the sum of `fulfill_events_total`.
+fn handled(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("fulfill_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
