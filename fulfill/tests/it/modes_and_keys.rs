@@ -95,6 +95,70 @@ async fn a_live_deployment_ignores_test_events_and_refuses_test_sessions() {
     assert_eq!(app.balance(&world.client, "test-user").await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_on_a_live_deployment_refuses_listed_test_events_and_sessions_unfetched() {
+    let world = World::with_stripe_key("sk_live_fake_stripe_key").await;
+    let app = world.start(&Options::default()).await; // migrates the database
+    let pack = world.price(PriceSpec::credits(10));
+    // Paid test-mode sessions whose events exist at Stripe and were never delivered.
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        let s = world.session(SessionSpec::paid(&format!("test-user-{i}"), &pack, 1));
+        let (event_id, _) = world.event(&s, COMPLETED);
+        missed.push((s, event_id));
+    }
+    world.stripe.reset_stats();
+    let services = world.services(&Options::default());
+    let report = fulfill::reconcile::run(
+        &services,
+        &fulfill::domain::account::Account::PLATFORM,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    // Each event and each listed session refused, once: nothing healed, nothing failed.
+    assert_eq!(report.events, 3, "{report}");
+    assert_eq!(report.sessions, 3, "{report}");
+    assert_eq!(report.wrong_mode, 6, "{report}");
+    assert_eq!(report.events_new, 0, "{report}");
+    assert_eq!(report.sessions_checked, 0, "{report}");
+    assert_eq!(report.healed, 0, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    // Two listings (events, sessions), one page each, and not one fetch beyond them.
+    let stats = world.stripe.stats();
+    assert_eq!(stats.requests, 2, "{stats:?}");
+    assert_eq!(stats.session_fetches, 0, "{stats:?}");
+    assert_eq!(stats.line_item_pages, 0, "{stats:?}");
+    for (session, event_id) in &missed {
+        assert_eq!(outcome(&world, event_id).await, "wrong_mode");
+        assert!(app.session_state(&world.client, session).await.is_none());
+    }
+    for i in 0..3 {
+        assert_eq!(
+            app.balance(&world.client, &format!("test-user-{i}")).await,
+            0
+        );
+    }
+    assert!(world.dead_letters().await.is_empty());
+    // Run again: refused the same way, still unfetched, still one row per event.
+    let again = fulfill::reconcile::run(
+        &services,
+        &fulfill::domain::account::Account::PLATFORM,
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.wrong_mode, again.healed, again.errors),
+        (6, 0, 0),
+        "{again}"
+    );
+    assert_eq!(world.stripe.stats().session_fetches, 0);
+    for (_, event_id) in &missed {
+        assert_eq!(outcome(&world, event_id).await, "wrong_mode");
+    }
+}
+
 async fn purchases(world: &World, prefix: &str, n: usize, pack: &str) -> Vec<String> {
     let mut users = Vec::new();
     for i in 0..n {
