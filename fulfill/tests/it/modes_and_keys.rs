@@ -6,7 +6,7 @@ use std::time::Duration;
 use fake_stripe::{Knobs, PriceSpec, SessionSpec};
 use serde_json::Value;
 
-use crate::helpers::{Instance, Options, World, eventually, metric};
+use crate::helpers::{Instance, Options, QUIET, World, eventually, metric};
 
 const COMPLETED: &str = "checkout.session.completed";
 const REFUNDED: &str = "charge.refunded";
@@ -159,55 +159,123 @@ async fn reconcile_on_a_live_deployment_refuses_listed_test_events_and_sessions_
     }
 }
 
-async fn purchases(world: &World, prefix: &str, n: usize, pack: &str) -> Vec<String> {
-    let mut users = Vec::new();
-    for i in 0..n {
-        let user = format!("{prefix}-{i}");
-        let s = world.session(SessionSpec::paid(&user, pack, 1));
-        world.deliver(&s, COMPLETED).await;
-        users.push(user);
-    }
-    users
-}
-
 async fn ready(app: &Instance, world: &World) -> (u16, Value) {
     let r = app.get(&world.client, "/readyz").await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
 
+#[derive(diesel::QueryableByName)]
+struct Credited {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    user_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    entries: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    credits: i64,
+}
+
+/// The ledger per user: how many entries, how many credits.
+async fn ledger(world: &World) -> Vec<Credited> {
+    let mut conn = world.db.connect().await;
+    diesel_async::RunQueryDsl::load(
+        diesel::sql_query(
+            "SELECT user_id, count(*) AS entries, sum(delta)::int8 AS credits \
+             FROM ledger_entries GROUP BY user_id ORDER BY user_id",
+        ),
+        &mut conn,
+    )
+    .await
+    .unwrap()
+}
+
+const LOAD: usize = 200;
+
 async fn a_rejected_key_parks_the_stream(status: u16) {
     let world = World::new().await;
-    let app = world.start(&Options::default()).await;
     let pack = world.price(PriceSpec::credits(10));
-    let before = purchases(&world, "before", 5, &pack).await;
-    for u in &before {
-        app.assert_balance_settles(&world.client, u, 10).await;
+    // Stripe answers slowly enough that the load takes a few seconds.
+    let slow = Knobs {
+        latency_ms: 40,
+        ..Knobs::default()
+    };
+    world.set_knobs(slow.clone());
+    let mut events = Vec::with_capacity(LOAD);
+    let mut users = Vec::with_capacity(LOAD);
+    for i in 0..LOAD {
+        let user = format!("user-{i:03}");
+        let s = world.session(SessionSpec::paid(&user, &pack, 1));
+        events.push(world.event(&s, COMPLETED));
+        users.push(user);
     }
-    // The key is revoked (or loses a permission) mid-load.
+    // The whole load is queued before fulfill starts on it.
+    for (id, body) in &events {
+        world.publish(COMPLETED, id, body).await;
+    }
+    let app = world.start(&Options::default()).await;
+    // The key is revoked (or loses a permission) while deliveries are in flight.
+    eventually(|| async { (ledger(&world).await.len() >= 20).then_some(()) }).await;
     world.set_knobs(Knobs {
         reject_key: Some(status),
-        ..Knobs::default()
+        ..slow.clone()
     });
-    let parked = purchases(&world, "parked", 8, &pack).await;
+    let at_revocation = ledger(&world).await.len();
+    assert!(
+        at_revocation < LOAD,
+        "the load was over before the revocation"
+    );
     eventually(|| async {
         let (code, body) = ready(&app, &world).await;
         (code == 503 && body["stripe"] == "key_rejected").then_some(())
     })
     .await;
+    // Parked: what was in flight settles or goes back, then nothing moves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let parked = ledger(&world).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // The balance API keeps serving; nothing was dead-lettered or credited.
-    for u in &parked {
-        assert_eq!(app.balance(&world.client, u).await, 0);
-    }
-    assert_eq!(app.balance(&world.client, &before[0]).await, 10);
-    assert!(world.dead_letters().await.is_empty());
+    let still = ledger(&world).await;
+    assert_eq!(still.len(), parked.len(), "credited while parked");
+    assert!(
+        parked.len() < LOAD,
+        "{} credited while parked",
+        parked.len()
+    );
+    assert!(parked.iter().all(|c| c.entries == 1 && c.credits == 10));
+    // The balance API keeps serving, for those credited and those waiting.
+    let waiting = users
+        .iter()
+        .find(|u| !parked.iter().any(|c| &c.user_id == *u))
+        .unwrap();
+    assert_eq!(app.balance(&world.client, waiting).await, 0);
+    assert_eq!(app.balance(&world.client, &parked[0].user_id).await, 10);
+    assert_eq!(app.get(&world.client, "/readyz/api").await.status(), 200);
+    // Not one message in the dead-letter queue.
+    let dead = world.dead_letters().await;
+    assert!(dead.is_empty(), "{} dead-lettered", dead.len());
     let m = app.metrics(&world.client).await;
     assert_eq!(metric(&m, "fulfill_stripe_key_rejected "), 1.0, "{m}");
-    // The key is accepted again: the queue drains with every balance exact.
-    world.set_knobs(Knobs::default());
-    for u in parked.iter().chain(&before) {
-        app.assert_balance_settles(&world.client, u, 10).await;
+    // The key is accepted again: the queue drains with every user credited exactly once.
+    world.set_knobs(slow);
+    let drained = test_support::wait_for(Duration::from_secs(90), || async {
+        (ledger(&world).await.len() == LOAD).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "{} of {LOAD} credited",
+        ledger(&world).await.len()
+    );
+    tokio::time::sleep(QUIET).await;
+    let done = ledger(&world).await;
+    assert_eq!(
+        done.iter().map(|c| c.user_id.clone()).collect::<Vec<_>>(),
+        users
+    );
+    for c in &done {
+        assert_eq!((c.entries, c.credits), (1, 10), "{}", c.user_id);
+    }
+    for user in &users {
+        assert_eq!(app.balance(&world.client, user).await, 10, "{user}");
     }
     assert_eq!(ready(&app, &world).await.0, 200);
     assert!(world.dead_letters().await.is_empty());
