@@ -71,10 +71,13 @@ async fn a_test_mode_deployment_credits_nothing_for_live_events() {
         3.0,
         "{m}"
     );
-    // The test-mode event of the same session still counts.
+    // The event id is recorded now (as wrong_mode): the same id again, even in this
+    // deployment's mode, is a duplicate and credits nothing.
     world.publish(COMPLETED, &id, &body).await;
     app.assert_balance_settles(&world.client, "live-user", 0)
         .await;
+    assert_eq!(outcome(&world, &id).await, "wrong_mode");
+    assert_eq!(world.stripe.stats().session_fetches, 0, "never fetched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
