@@ -13,7 +13,7 @@ use shared::{
 
 use crate::{
     domain::target::RefundPolicy,
-    stripe::{StripeConfig, StripeMode},
+    stripe::{RateLimitScope, StripeConfig, StripeMode},
 };
 
 pub const DATABASE_URL: &str = "DATABASE_URL";
@@ -21,6 +21,7 @@ pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
 pub const STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
 pub const STRIPE_API_BASE: &str = "STRIPE_API_BASE";
 pub const STRIPE_RATE_LIMIT: &str = "STRIPE_RATE_LIMIT";
+pub const STRIPE_RATE_LIMIT_SCOPE: &str = "STRIPE_RATE_LIMIT_SCOPE";
 pub const STRIPE_TIMEOUT_MS: &str = "STRIPE_TIMEOUT_MS";
 pub const STRIPE_MAX_RETRIES: &str = "STRIPE_MAX_RETRIES";
 pub const STRIPE_BACKOFF_BASE_MS: &str = "STRIPE_BACKOFF_BASE_MS";
@@ -57,6 +58,11 @@ pub fn variables() -> Vec<Variable> {
             STRIPE_RATE_LIMIT,
             "25",
             "Stripe operations/s for all fulfill processes together (shared through PostgreSQL)",
+        ),
+        v(
+            STRIPE_RATE_LIMIT_SCOPE,
+            "account",
+            "whose budget a Connect call spends: account (each connected account its own) or platform (one for all)",
         ),
         v(STRIPE_TIMEOUT_MS, "10000", "timeout of one Stripe call"),
         v(
@@ -206,6 +212,11 @@ impl Config {
                 api_base,
                 // For all fulfill processes together: shared through PostgreSQL.
                 rate_limit: total_rate,
+                rate_limit_scope: parsed_or(
+                    env,
+                    STRIPE_RATE_LIMIT_SCOPE,
+                    RateLimitScope::default(),
+                )?,
                 timeout: millis_or(env, STRIPE_TIMEOUT_MS, 10_000)?,
                 max_retries: parsed_or(env, STRIPE_MAX_RETRIES, 3)?,
                 backoff_base: millis_or(env, STRIPE_BACKOFF_BASE_MS, 500)?,
@@ -324,6 +335,29 @@ mod tests {
             "AMQP_URL",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_per_account_unless_the_scope_says_platform() {
+        let cfg = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(cfg.stripe.rate_limit_scope, RateLimitScope::Account);
+        let cfg = Config::from_env(&env(&[(STRIPE_RATE_LIMIT_SCOPE, "platform")])).unwrap();
+        assert_eq!(cfg.stripe.rate_limit_scope, RateLimitScope::Platform);
+        let cfg = Config::from_env(&env(&[(STRIPE_RATE_LIMIT_SCOPE, "account")])).unwrap();
+        assert_eq!(cfg.stripe.rate_limit_scope, RateLimitScope::Account);
+        for bad in ["global", "Platform", "accounts"] {
+            let err = Config::from_env(&env(&[(STRIPE_RATE_LIMIT_SCOPE, bad)])).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        name: STRIPE_RATE_LIMIT_SCOPE,
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
         }
     }
 

@@ -214,6 +214,9 @@ async fn sessions(
     #[derive(Deserialize)]
     struct Listed {
         id: String,
+        /// Every listed session says its mode: the other mode's is refused here, unfetched.
+        #[serde(default)]
+        livemode: Option<bool>,
     }
     impl HasId for Listed {
         fn id(&self) -> &str {
@@ -236,6 +239,13 @@ async fn sessions(
     {
         for listed in page {
             report.sessions += 1;
+            if listed
+                .livemode
+                .is_some_and(|livemode| !stripe.mode().matches(livemode))
+            {
+                report.wrong_mode += 1;
+                continue;
+            }
             let Ok(id) = CheckoutSessionId::parse(listed.id) else {
                 report.errors += 1;
                 continue;

@@ -46,8 +46,8 @@ impl Account {
         self.0.is_none()
     }
 
-    /// The name of the account's row in the shared Stripe budget: Stripe counts requests
-    /// per account, and a request made with `Stripe-Account` is the connected account's.
+    /// The name of the account's row in the shared Stripe budget (the connected
+    /// account's own with `STRIPE_RATE_LIMIT_SCOPE=account`, see `stripe::rate_limit`).
     pub fn budget_name(&self) -> String {
         match self.id() {
             None => "stripe".to_owned(),

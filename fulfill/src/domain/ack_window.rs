@@ -186,7 +186,7 @@ mod tests {
             let mut unfinished = Vec::new();
             let mut done = BTreeSet::new();
             let mut acked = BTreeSet::new();
-            let mut apply = |action: AckAction,
+            let apply = |action: AckAction,
                              outstanding: &mut BTreeSet<u64>,
                              done: &BTreeSet<u64>,
                              acked: &mut BTreeSet<u64>|

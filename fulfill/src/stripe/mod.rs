@@ -4,7 +4,8 @@
 //! failures are safe to retry; every call here is a GET, so all are.
 //!
 //! A client is the platform's, or scoped to one Connect account ([`StripeClient::for_account`]):
-//! then every call carries `Stripe-Account` and spends that account's budget.
+//! then every call carries `Stripe-Account` and spends that account's budget (or the
+//! platform's, by [`RateLimitScope`]).
 //! <https://docs.stripe.com/connect/authentication#stripe-account-header>
 
 pub mod charge;
@@ -26,7 +27,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{Instrument, field::Empty};
 
 pub use self::error::StripeError;
-pub use self::rate_limit::RateLimiter;
+pub use self::rate_limit::{RateLimitScope, RateLimiter};
 pub use self::{key::KeyHealth, mode::StripeMode};
 use crate::{
     domain::account::Account,
@@ -44,6 +45,8 @@ pub struct StripeConfig {
     pub api_base: String,
     /// Operations per second this process may spend.
     pub rate_limit: f64,
+    /// Whose budget a call for a connected account spends.
+    pub rate_limit_scope: RateLimitScope,
     pub timeout: Duration,
     /// Retries after the first attempt, within one fulfillment.
     pub max_retries: u32,
@@ -66,6 +69,8 @@ pub struct StripeClient {
     key: Arc<KeyHealth>,
     /// Whose objects: the platform's, or a connected account's (`Stripe-Account`).
     account: Account,
+    /// Whose budget the calls spend: `account`'s, or the platform's (by the scope).
+    budget: Account,
 }
 
 #[derive(Deserialize)]
@@ -110,14 +115,17 @@ impl StripeClient {
             metrics,
             key,
             account: Account::PLATFORM,
+            budget: Account::PLATFORM,
         })
     }
 
     /// The same client for `account`'s objects: every call carries `Stripe-Account` (none
-    /// for the platform) and spends that account's budget.
+    /// for the platform) and spends that account's budget, or the platform's with
+    /// [`RateLimitScope::Platform`].
     pub fn for_account(&self, account: &Account) -> Self {
         Self {
             account: account.clone(),
+            budget: self.config.rate_limit_scope.budget_of(account),
             ..self.clone()
         }
     }
@@ -166,14 +174,14 @@ impl StripeClient {
     /// [`rate_limit::prepaid`]); with `max_wait`, fails with [`StripeError::BudgetBusy`]
     /// instead of waiting longer.
     pub async fn reserve(&self, max_wait: Option<Duration>) -> Result<Reservation, StripeError> {
-        let slot = self.limiter.acquire_within(&self.account, max_wait).await?;
+        let slot = self.limiter.acquire_within(&self.budget, max_wait).await?;
         Ok(Reservation { slot })
     }
 
     /// A reserved slot that no call spent (another delivery settled the session): the
     /// next call of this process for the same account may take it instead of a new one.
     pub fn give_back(&self, reservation: Reservation) {
-        self.limiter.give_back(&self.account, reservation.slot);
+        self.limiter.give_back(&self.budget, reservation.slot);
     }
 
     /// GETs `path` with `query`, retrying transient failures. `endpoint` labels metrics.
@@ -196,7 +204,7 @@ impl StripeClient {
                     {
                         // Someone else on the account spends budget too: everybody waits.
                         self.limiter
-                            .pause_all(&self.account, retry_after.unwrap_or(Duration::from_secs(1)))
+                            .pause_all(&self.budget, retry_after.unwrap_or(Duration::from_secs(1)))
                             .await;
                     }
                     let delay = e
@@ -229,7 +237,7 @@ impl StripeClient {
         attempt: u32,
     ) -> Result<T, StripeError> {
         let waiting = std::time::Instant::now();
-        self.limiter.acquire(&self.account).await?;
+        self.limiter.acquire(&self.budget).await?;
         self.metrics
             .stripe_budget_wait_seconds
             .observe(waiting.elapsed().as_secs_f64());

@@ -11,12 +11,19 @@
 //! slot out for everyone. Per-process shares (rate ÷ replicas) were the alternative: they
 //! waste budget whenever fewer replicas run than planned and overspend when more do.
 //!
-//! Stripe measures its limits per account (<https://docs.stripe.com/rate-limits>: "per
-//! Stripe account"), and a request made with `Stripe-Account` is made as the connected
-//! account: a Connect platform has one budget for itself and one per connected account,
-//! each of `STRIPE_RATE_LIMIT`. So the budget is per account: the platform's row is
-//! `stripe`, a connected account's `stripe:acct_…` (created on its first call), and one
-//! busy connected account never slows another, nor the platform.
+//! Whose budget a call with `Stripe-Account` spends is a choice ([`RateLimitScope`],
+//! `STRIPE_RATE_LIMIT_SCOPE`). Stripe documents only that "rate limits are measured in API
+//! requests per second, per Stripe account" (<https://docs.stripe.com/rate-limits>) and, for
+//! Connect, that it "has established rate limits and allocations"
+//! (<https://docs.stripe.com/connect/authentication>); it does not say which account a
+//! platform's call for a connected account counts against. We infer that such a call, made
+//! "to act as a connected account" (<https://docs.stripe.com/api/connected-accounts>),
+//! counts for that account, so by default ([`RateLimitScope::Account`]) each account has
+//! a budget of its own: the platform's row is `stripe`, a connected account's
+//! `stripe:acct_…` (created on its first call), and one busy connected account never slows
+//! another, nor the platform. [`RateLimitScope::Platform`] draws every call on the
+//! platform's one row instead, whatever its `Stripe-Account`: for when Stripe answers 429s
+//! for connected accounts whose own traffic is low.
 //!
 //! `Local` is the same algorithm in memory, for a process that has the budget to itself.
 //!
@@ -38,6 +45,38 @@ use crate::{
     db::{Pool, budget},
     domain::account::Account,
 };
+
+/// Whose budget a call made for a connected account spends (`STRIPE_RATE_LIMIT_SCOPE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// The connected account's own (a budget row per account): Stripe counting a call with
+    /// `Stripe-Account` for that account, as we infer.
+    #[default]
+    Account,
+    /// The platform's one budget, whatever the call's `Stripe-Account`.
+    Platform,
+}
+
+impl RateLimitScope {
+    /// The budget a call for `account` draws on.
+    pub fn budget_of(self, account: &Account) -> Account {
+        match self {
+            Self::Account => account.clone(),
+            Self::Platform => Account::PLATFORM,
+        }
+    }
+}
+
+impl std::str::FromStr for RateLimitScope {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "account" => Ok(Self::Account),
+            "platform" => Ok(Self::Platform),
+            _ => Err("expected \"account\" or \"platform\""),
+        }
+    }
+}
 
 /// The longest any caller waits for budget, and the furthest a pause reaches.
 pub const MAX_PAUSE: Duration = Duration::from_secs(60);
@@ -504,6 +543,21 @@ mod tests {
             assert_eq!(start.elapsed(), Duration::from_secs(1));
         })
         .await;
+    }
+
+    #[test]
+    fn the_account_scope_gives_each_account_its_budget_and_the_platform_scope_one_for_all() {
+        let a = Account::parse(Some("acct_A")).unwrap();
+        assert_eq!(RateLimitScope::default(), RateLimitScope::Account);
+        assert_eq!(RateLimitScope::Account.budget_of(&a), a);
+        assert_eq!(RateLimitScope::Account.budget_of(&P), P);
+        assert_eq!(RateLimitScope::Platform.budget_of(&a), P);
+        assert_eq!(RateLimitScope::Platform.budget_of(&P), P);
+        assert_eq!("platform".parse(), Ok(RateLimitScope::Platform));
+        assert_eq!("account".parse(), Ok(RateLimitScope::Account));
+        for bad in ["", "Platform", "accounts", "global"] {
+            assert!(bad.parse::<RateLimitScope>().is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

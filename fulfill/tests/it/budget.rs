@@ -1,14 +1,16 @@
 //! The shared Stripe budget cannot be starved or stalled: the success page answers 503
 //! with `Retry-After` instead of queueing behind a far slot, and no pause or clock step
-//! pushes the next slot more than a minute out.
+//! pushes the next slot more than a minute out; connected accounts have a budget each, or
+//! share the platform's (`STRIPE_RATE_LIMIT_SCOPE`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel_async::RunQueryDsl;
 use fake_stripe::{PriceSpec, SessionSpec};
 use fulfill::{
     db::budget::{self, Slot},
-    stripe::rate_limit::MAX_PAUSE,
+    domain::account::Account,
+    stripe::{RateLimitScope, rate_limit::MAX_PAUSE},
 };
 
 use crate::helpers::{Options, World};
@@ -110,7 +112,7 @@ async fn no_pause_or_clock_step_holds_the_budget_past_the_cap() {
 /// share it: a burst of them costs one update, not one each queueing on the row's lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_finding_the_block_spent_share_one_refill() {
-    use fulfill::{domain::account::Account, stripe::rate_limit::RateLimiter};
+    use fulfill::stripe::rate_limit::RateLimiter;
     let world = World::new().await;
     let _app = world.start(&Options::default()).await; // migrates the database
     let mut conn = world.db.connect().await;
@@ -158,4 +160,76 @@ async fn callers_finding_the_block_spent_share_one_refill() {
 struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Row {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}
+
+/// Five session fetches for each of two connected accounts at once, at 5 calls/s: how
+/// long they took together, and the budget rows they spent.
+async fn two_accounts_calling(scope: RateLimitScope) -> (Duration, Vec<String>) {
+    const A: &str = "acct_1BudgetAlpha";
+    const B: &str = "acct_1BudgetBravo";
+    let world = World::new().await;
+    let options = Options {
+        rate_limit: 5.0,
+        rate_limit_scope: scope,
+        ..Options::default()
+    };
+    let _app = world.start(&options).await; // migrates the database
+    let pack = world.price(PriceSpec::credits(1));
+    let services = world.services(&options);
+    let calls = |account: &'static str| {
+        let session = world.session(SessionSpec::paid("u", &pack, 1).on_account(account));
+        let stripe = services
+            .stripe
+            .for_account(&Account::parse(Some(account)).unwrap());
+        async move {
+            for _ in 0..5 {
+                stripe
+                    .get::<serde_json::Value>(
+                        "checkout_sessions.retrieve",
+                        &format!("/v1/checkout/sessions/{session}"),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let (a, b) = (calls(A), calls(B));
+    let started = Instant::now();
+    tokio::join!(a, b);
+    let elapsed = started.elapsed();
+    assert_eq!(world.stripe.stats().session_fetches, 10);
+    let mut conn = world.db.connect().await;
+    let rows: Vec<Row> = diesel::sql_query("SELECT name FROM stripe_rate_budget ORDER BY name")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let names = rows
+        .into_iter()
+        .map(|r| r.name.replace(A, "A").replace(B, "B"))
+        .collect();
+    (elapsed, names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_platform_scope_connected_accounts_share_the_platforms_budget() {
+    let (elapsed, rows) = two_accounts_calling(RateLimitScope::Platform).await;
+    assert_eq!(rows, ["stripe"]);
+    // Ten calls on one budget of 5/s: the last one 1.8 s after the first.
+    assert!(elapsed >= Duration::from_millis(1700), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_account_scope_each_connected_account_has_its_own_budget() {
+    let (elapsed, rows) = two_accounts_calling(RateLimitScope::Account).await;
+    assert_eq!(rows, ["stripe", "stripe:A", "stripe:B"]);
+    // Five calls on each of two budgets of 5/s, side by side: the last 0.8 s after the first.
+    assert!(elapsed >= Duration::from_millis(700), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
 }

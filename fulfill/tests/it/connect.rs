@@ -390,6 +390,68 @@ async fn the_success_page_and_reconcile_work_per_account() {
     assert!(world.dead_letters().await.is_empty());
 }
 
+/// Runs the real `fulfill` binary with `args`, configured for `world` only.
+async fn fulfill_command(world: &World, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fulfill"));
+    command
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", &world.db.url)
+        .env("STRIPE_SECRET_KEY", world.stripe_key)
+        .env("STRIPE_API_BASE", world.stripe.base_url())
+        .env("AMQP_URL", &world.broker.url)
+        .env("AMQP_TOPOLOGY_PREFIX", &world.broker.prefix);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_command_heals_the_named_account_only() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec::credits(10));
+    // Two paid sessions whose webhooks were lost: one on A, one of the platform, the same
+    // user id on both.
+    let on_a = world.session(SessionSpec::paid("carol", &pack, 1).on_account(A));
+    let _ = world.event(&on_a, COMPLETED);
+    let own = world.session(SessionSpec::paid("carol", &pack, 2));
+    let _ = world.event(&own, COMPLETED);
+
+    let out = fulfill_command(&world, &["reconcile", "--account", A, "--since", "1h"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("reconcile:"))
+        .unwrap_or_else(|| panic!("no summary in {stdout}{stderr}"));
+    for part in [&format!("account={A}"), "healed=1", "errors=0"] {
+        assert!(summary.contains(part), "{summary}");
+    }
+    // Credited under A; the platform's session untouched, not even fetched.
+    credits_settle(&world, &app, "carol", Some(A), 10).await;
+    let state = app
+        .session_state(&world.client, &format!("{on_a}?account={A}"))
+        .await;
+    assert_eq!(state.unwrap()["state"], "credited");
+    assert_eq!(balance(&world, &app, "carol", None).await["credits"], 0);
+    assert!(app.session_state(&world.client, &own).await.is_none());
+    let fetches = world.stripe.stats().fetches_by_session;
+    assert_eq!(fetches.get(&own), None, "{fetches:?}");
+    assert!(world.dead_letters().await.is_empty());
+
+    // A malformed account is refused before anything runs, naming the flag.
+    for bad in ["bogus", "acct_", ""] {
+        let out = fulfill_command(&world, &["reconcile", "--account", bad, "--since", "1h"]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--account {bad:?} was accepted");
+        assert!(stderr.contains("--account"), "{bad:?}: {stderr}");
+    }
+    assert_eq!(balance(&world, &app, "carol", None).await["credits"], 0);
+    assert_eq!(balance(&world, &app, "carol", Some(A)).await["credits"], 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_or_malformed_account_is_a_400_never_the_platform() {
     let world = World::new().await;

@@ -45,6 +45,8 @@ pub struct Options {
     pub refund_policy: fulfill::domain::target::RefundPolicy,
     /// `STRIPE_RATE_LIMIT`: for every instance of this world together.
     pub rate_limit: f64,
+    /// `STRIPE_RATE_LIMIT_SCOPE`.
+    pub rate_limit_scope: fulfill::stripe::RateLimitScope,
     /// `AMQP_URL` instead of the test broker's (a node list, for failover).
     pub amqp_url: Option<String>,
 }
@@ -59,6 +61,7 @@ impl Default for Options {
             via_proxy: false,
             refund_policy: fulfill::domain::target::RefundPolicy::Proportional,
             rate_limit: 2000.0,
+            rate_limit_scope: fulfill::stripe::RateLimitScope::Account,
             amqp_url: None,
         }
     }
@@ -94,6 +97,7 @@ impl World {
                     .expect("a test or live key"),
                 api_base: self.stripe.base_url(),
                 rate_limit: options.rate_limit,
+                rate_limit_scope: options.rate_limit_scope,
                 timeout: options.stripe_timeout,
                 max_retries: 2,
                 backoff_base: Duration::from_millis(20),

@@ -1,11 +1,12 @@
 //! The deployment files agree with the Compose schema and with what the binaries do.
 //!
 //! Nothing here builds an image or starts a container: the checks read
-//! `docker-compose.yml`, `deploy/Dockerfile`, `.dockerignore` and `deploy/k8s/*.yaml`, and
-//! compare what they set (environment variables, ports, probes, binaries, queue names)
-//! with what the real binaries say (`--help` lists every variable each one reads), with
-//! the constants the crates export (default addresses, shutdown timings, queue names),
-//! and with a real start of each service on the port the files configure.
+//! `docker-compose.yml`, `deploy/Dockerfile`, `.dockerignore`, `deploy/k8s/*.yaml` and the
+//! `deploy/cluster` overlay (its patches applied by hand), and compare what they set
+//! (environment variables, ports, probes, binaries, queue names, mounted files) with what
+//! the real binaries say (`--help` lists every variable each one reads), with the
+//! constants the crates export (default addresses, shutdown timings, queue names), and
+//! with a real start of each service on the port the files configure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -1252,6 +1253,12 @@ fn the_dockerignore_keeps_build_output_and_git_out_but_not_the_sources() {
 
 /// Every document of every YAML file under deploy/k8s, with the file it came from.
 fn k8s_documents() -> Vec<(String, Yaml)> {
+    yaml_documents("deploy/k8s")
+}
+
+/// Every document of every YAML file under `dir` (relative to the repository), with the
+/// file it came from (relative to `dir`).
+fn yaml_documents(dir: &str) -> Vec<(String, Yaml)> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -1262,7 +1269,8 @@ fn k8s_documents() -> Vec<(String, Yaml)> {
             }
         }
     }
-    let dir = repo().join("deploy/k8s");
+    let root = dir;
+    let dir = repo().join(root);
     let mut files = Vec::new();
     walk(&dir, &mut files);
     files.sort();
@@ -1276,7 +1284,7 @@ fn k8s_documents() -> Vec<(String, Yaml)> {
         let text = fs::read_to_string(&file).unwrap();
         for document in serde_yaml::Deserializer::from_str(&text) {
             let value = <Yaml as serde::Deserialize>::deserialize(document)
-                .unwrap_or_else(|e| panic!("deploy/k8s/{rel} is not valid YAML: {e}"));
+                .unwrap_or_else(|e| panic!("{root}/{rel} is not valid YAML: {e}"));
             if !value.is_null() {
                 docs.push((rel.clone(), value));
             }
@@ -1289,7 +1297,7 @@ fn find<'a>(docs: &'a [(String, Yaml)], kind: &str, name: &str) -> &'a Yaml {
     docs.iter()
         .map(|(_, d)| d)
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/k8s"))
+        .unwrap_or_else(|| panic!("no {kind} {name} among the manifests read"))
 }
 
 fn seq(value: &Yaml) -> &[Yaml] {
@@ -1780,5 +1788,190 @@ fn the_migration_job_runs_fulfill_migrate() {
             .iter()
             .any(|i| str_of(&i["name"]) == image_name),
         "the kustomization sets no image for {image_name}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// deploy/cluster: deploy/k8s with TLS to a managed PostgreSQL
+// ---------------------------------------------------------------------------------------
+
+/// The key a strategic merge patch matches the items of a list field by
+/// (`patchMergeKey` in the Kubernetes API); lists without one are replaced whole.
+fn merge_key(field: &str) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "volumes" | "env" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        _ => None,
+    }
+}
+
+/// `patch` applied to `base` as a strategic merge patch, for what ours use: mappings merged
+/// key by key, the lists [`merge_key`] names merged item by item, anything else replaced.
+fn strategic_merge(base: &mut Yaml, patch: &Yaml, field: &str) {
+    match (base, patch) {
+        (Yaml::Mapping(base), Yaml::Mapping(patch)) => {
+            for (key, value) in patch {
+                match base.get_mut(key) {
+                    Some(existing) => strategic_merge(existing, value, &str_of(key)),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Yaml::Sequence(base), Yaml::Sequence(patch)) if merge_key(field).is_some() => {
+            let key = merge_key(field).unwrap();
+            for item in patch {
+                match base.iter_mut().find(|b| b[key] == item[key]) {
+                    Some(existing) => strategic_merge(existing, item, field),
+                    None => base.push(item.clone()),
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
+
+/// deploy/k8s's documents with deploy/cluster's kustomization applied: each patch it lists
+/// merged into the document of the same kind and name. Every `*-patch.yaml` there must be
+/// listed: a patch nobody applies mounts nothing.
+fn cluster_documents() -> Vec<(String, Yaml)> {
+    let cluster = yaml_documents("deploy/cluster");
+    let kustomization = find(&cluster, "Kustomization", "stripe-credits-cluster");
+    let resources: Vec<String> = seq(&kustomization["resources"])
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(resources, ["../k8s"], "deploy/cluster builds on deploy/k8s");
+    let listed: BTreeSet<String> = seq(&kustomization["patches"])
+        .iter()
+        .map(|p| str_of(&p["path"]))
+        .collect();
+    let patch_files: BTreeSet<String> = cluster
+        .iter()
+        .map(|(file, _)| file.clone())
+        .filter(|file| file.ends_with("-patch.yaml"))
+        .collect();
+    assert_eq!(
+        listed, patch_files,
+        "deploy/cluster/kustomization.yaml lists exactly the patches there"
+    );
+    let mut docs = k8s_documents();
+    for file in &listed {
+        let (_, patch) = cluster
+            .iter()
+            .find(|(f, _)| f == file)
+            .unwrap_or_else(|| panic!("deploy/cluster/{file} does not exist"));
+        let target = docs
+            .iter_mut()
+            .map(|(_, d)| d)
+            .find(|d| {
+                d["kind"] == patch["kind"] && d["metadata"]["name"] == patch["metadata"]["name"]
+            })
+            .unwrap_or_else(|| panic!("deploy/cluster/{file} patches nothing in deploy/k8s"));
+        strategic_merge(target, patch, "");
+    }
+    // What the overlay expects of the Secret (created out of band), over the base's example.
+    let secret = find(&cluster, "Secret", "stripe-credits").clone();
+    let base = docs
+        .iter_mut()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "stripe-credits")
+        .unwrap();
+    strategic_merge(base, &secret, "");
+    docs
+}
+
+/// The `sslrootcert` file a `postgres://` URL names, if a file (not `system`).
+fn sslrootcert(url: &str) -> Option<PathBuf> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "sslrootcert")
+        .map(|(_, v)| v.replace("%2F", "/").replace("%2f", "/"))
+        .filter(|v| v != "system")
+        .map(PathBuf::from)
+}
+
+/// For each workload container reading a DATABASE_URL (literal, or from the example
+/// Secret) that names an sslrootcert file: `kind/name` and the problem, if its pod does not
+/// mount a volume at that file's directory (or above it).
+fn unmounted_ca(docs: &[(String, Yaml)]) -> (Vec<String>, BTreeSet<String>) {
+    let mut problems = Vec::new();
+    let mut checked = BTreeSet::new();
+    for (_, doc) in docs {
+        let kind = str_of(&doc["kind"]);
+        let pod = match kind.as_str() {
+            "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => pod_spec(doc),
+            "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        let workload = format!("{kind}/{}", str_of(&doc["metadata"]["name"]));
+        let volumes: BTreeSet<String> = seq(&pod["volumes"])
+            .iter()
+            .map(|v| str_of(&v["name"]))
+            .collect();
+        let containers = seq(&pod["containers"])
+            .iter()
+            .chain(seq(&pod["initContainers"]));
+        for container in containers {
+            let Some(var) = seq(&container["env"])
+                .iter()
+                .find(|v| v["name"] == "DATABASE_URL")
+            else {
+                continue;
+            };
+            let secret_ref = &var["valueFrom"]["secretKeyRef"];
+            let url = if secret_ref.is_null() {
+                str_of(&var["value"])
+            } else {
+                let secret = find(docs, "Secret", &str_of(&secret_ref["name"]));
+                str_of(&secret["stringData"][str_of(&secret_ref["key"]).as_str()])
+            };
+            let Some(ca) = sslrootcert(&url) else {
+                continue;
+            };
+            checked.insert(workload.clone());
+            let dir = ca.parent().unwrap();
+            let mounted = seq(&container["volumeMounts"]).iter().any(|m| {
+                let at = str_of(&m["mountPath"]);
+                !at.is_empty() && dir.starts_with(&at) && volumes.contains(&str_of(&m["name"]))
+            });
+            if !mounted {
+                problems.push(format!(
+                    "{workload} (container {}): DATABASE_URL names sslrootcert={} but no volume is mounted at {}",
+                    str_of(&container["name"]),
+                    ca.display(),
+                    dir.display()
+                ));
+            }
+        }
+    }
+    (problems, checked)
+}
+
+#[test]
+fn every_workload_whose_database_url_names_a_ca_file_mounts_it_in_the_cluster_overlay() {
+    // The parsing can fail: a URL without sslrootcert, or with `system`, names no file.
+    assert_eq!(
+        sslrootcert("postgres://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%2Fca.pem"),
+        Some(PathBuf::from("/etc/ca/ca.pem"))
+    );
+    assert_eq!(sslrootcert("postgres://h/db?sslrootcert=system"), None);
+    assert_eq!(sslrootcert("postgres://h/db?sslmode=require"), None);
+    // deploy/k8s alone: its example DATABASE_URL names no CA file.
+    let (problems, checked) = unmounted_ca(&k8s_documents());
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(checked.is_empty(), "{checked:?}");
+    // deploy/cluster: every workload reading the verify-full DATABASE_URL mounts the CA.
+    let (problems, checked) = unmounted_ca(&cluster_documents());
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(
+        checked,
+        ["Deployment/fulfill", "Job/fulfill-migrate"]
+            .map(String::from)
+            .into(),
+        "the workloads reading DATABASE_URL"
     );
 }
