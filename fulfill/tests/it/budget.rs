@@ -151,8 +151,11 @@ async fn callers_finding_the_block_spent_share_one_refill() {
             counted[0].n, burst,
             "updates of the budget row after burst {burst}"
         );
-        // Past the block's lateness (50 ms): the next burst finds it spent again.
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Past the block's lateness: the next burst finds it spent again.
+        tokio::time::sleep(
+            fulfill::stripe::rate_limit::BLOCK_LATE_AT_MOST + Duration::from_millis(30),
+        )
+        .await;
     }
 }
 
