@@ -81,6 +81,7 @@ pub struct Purchase {
     /// `price_single_credit`, `price_pack_10` or `price_unmapped` (needs attention).
     #[arg(long, default_value = "price_pack_10")]
     price: String,
+    /// How many of the price the session buys (the line item's quantity).
     #[arg(long, default_value_t = 1)]
     quantity: i64,
 }

@@ -2,9 +2,11 @@
 //!
 //! [`binaries`] builds them once per test run with the cargo that runs the tests;
 //! [`Proc`] is a child process with its output in a log file, stopped with SIGTERM
-//! (or SIGKILL on drop); [`devstack`] runs `devstack up` as a newcomer does.
+//! (or SIGKILL on drop); [`devstack`] runs `devstack up` as a newcomer does;
+//! [`walkthrough`] reads the README's first command and walkthrough and pastes them.
 
 pub mod devstack;
+pub mod walkthrough;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,6 +1,7 @@
 //! `devstack up` on machines unlike CI's: RabbitMQ and PostgreSQL installed but not
-//! answering on the configured addresses (stopped, or the port taken by something else),
-//! and not installed at all.
+//! answering on the configured addresses (stopped, or the port taken by something else) —
+//! where the README's first command and walkthrough must run as printed — and not
+//! installed at all.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +11,7 @@ use e2e::{
     binaries,
     devstack::{LeftoverGuard, Up, binary_command, processes_using},
     free_port, log_dir,
+    walkthrough::{self, checked_steps, first_command},
 };
 use test_support::services::{port_open, service_dir};
 
@@ -83,9 +85,14 @@ fn stop_everything(up: &mut Up, data: &Path, ports: &[u16]) {
     );
 }
 
+/// The README's promise on a machine with the packages installed but nothing running:
+/// its first command brings the stack up on private servers and the walkthrough runs as
+/// printed; the servers keep their data until `--fresh`, and Ctrl-C leaves nothing behind.
 #[test]
-fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
+fn with_nothing_answering_the_readme_runs_on_private_servers_that_keep_their_data() {
     binaries();
+    let readme = walkthrough::readme();
+    let steps = checked_steps(&readme);
     let data = log_dir("bare-machine").join("data");
     let _leftovers = LeftoverGuard(data.clone());
     // The configured AMQP port belongs to something that never speaks AMQP; nothing at all
@@ -109,8 +116,11 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
         ),
         ("DEVSTACK_DATA_DIR", data.display().to_string()),
     ];
-    let up_once = |args: &[&str]| {
-        let mut up = Up::start(binary_command(args, &env));
+    // The README's first command (`cargo run -p devstack -- up`), pasted as printed, as
+    // the walkthrough's lines are: cargo builds devstack and runs it with `up`.
+    let readme_up = || walkthrough::shell(&first_command(&readme), &env);
+    let up_once = |command: Command| {
+        let up = Up::start(command);
         let rabbit = up
             .seen
             .iter()
@@ -135,29 +145,30 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
                     .join("data")
                     .is_dir()
         );
-        up.wait_for("(private)", Duration::from_secs(1));
+        // The banner names both as private, at the ports they run on.
+        for (name, port) in [("RabbitMQ", rabbit), ("Postgres", pg)] {
+            assert!(
+                up.seen.iter().any(|l| l.trim_start().starts_with(name)
+                    && l.contains(&format!("127.0.0.1:{port}/"))
+                    && l.ends_with("(private)")),
+                "{name} not shown as private at {port}:\n{}",
+                up.output()
+            );
+        }
         (up, vec![rabbit, pg, ingest_port, fulfill_port])
     };
-    let trigger = |args: &[&str]| binary_command(args, &env).output().unwrap();
+    let devstack = |args: &[&str]| binary_command(args, &env).output().unwrap();
 
-    let (mut up, ports) = up_once(&["up"]);
+    let (mut up, ports) = up_once(readme_up());
     // A second `up` on the same data refuses, and leaves the first one alone.
-    let second = trigger(&["up"]);
+    let second = devstack(&["up"]);
     assert!(!second.status.success());
     assert!(
         String::from_utf8_lossy(&second.stderr).contains("another devstack up"),
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    let out = trigger(&[
-        "trigger",
-        "purchase",
-        "--user",
-        "newcomer",
-        "--price",
-        "price_pack_10",
-    ]);
-    assert!(balance(&out).contains("balance of newcomer: 10 credits"));
+    walkthrough::run(&steps, &env);
     // The events tail finds the private broker through the running stack's file.
     assert!(
         std::fs::read_to_string(data.join("running.env"))
@@ -166,24 +177,24 @@ fn with_nothing_answering_up_runs_private_servers_that_keep_their_data() {
     );
     stop_everything(&mut up, &data, &ports);
 
-    // Tomorrow: the same data, the same balance.
-    let (mut up, ports) = up_once(&["up"]);
-    let out = trigger(&["trigger", "debit", "--user", "newcomer", "--amount", "1"]);
+    // Tomorrow: the same command, the same data, the balance the walkthrough left.
+    let (mut up, ports) = up_once(readme_up());
+    let out = devstack(&["trigger", "debit", "--user", "alice", "--amount", "1"]);
     let text = balance(&out);
     assert!(
-        text.contains("balance of newcomer before: 10 credits")
-            && text.contains("balance of newcomer after: 9 credits"),
+        text.contains("balance of alice before: 20 credits")
+            && text.contains("balance of alice after: 19 credits"),
         "{text}"
     );
     stop_everything(&mut up, &data, &ports);
 
     // --fresh: empty data, nothing left of it.
-    let (mut up, ports) = up_once(&["up", "--fresh"]);
-    let out = trigger(&["trigger", "grant", "--user", "newcomer", "--amount", "2"]);
+    let (mut up, ports) = up_once(binary_command(&["up", "--fresh"], &env));
+    let out = devstack(&["trigger", "grant", "--user", "alice", "--amount", "2"]);
     let text = balance(&out);
     assert!(
-        text.contains("balance of newcomer before: 0 credits")
-            && text.contains("balance of newcomer after: 2 credits"),
+        text.contains("balance of alice before: 0 credits")
+            && text.contains("balance of alice after: 2 credits"),
         "{text}"
     );
     stop_everything(&mut up, &data, &ports);
@@ -203,14 +214,6 @@ fn without_the_packages_up_says_what_to_install_and_starts_nothing() {
     for program in ["rabbitmq-server", "rabbitmqctl"] {
         let _ =
             std::os::unix::fs::symlink(format!("/usr/sbin/{program}"), rabbit_only.join(program));
-    }
-    let help = Command::new(binaries().join("devstack"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    for command in ["up", "trigger", "events", "attention"] {
-        assert!(help.contains(&format!("  {command} ")), "{help}");
     }
     let ingest_port = free_port();
     for (path, missing) in [(&rabbit_only, 1), (&empty, 2)] {
