@@ -72,30 +72,41 @@ pub async fn find(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Opt
         .optional()
 }
 
-/// Whether event `event_id` was processed before, and session `session_id`'s row, in one
-/// statement: what every delivery of a session's event asks first (a redelivery is
-/// answered by it alone).
-pub async fn seen_and_find(
+/// For each `(event id, session id)`: whether the event was processed before, and the
+/// session's row (none asked for, or none yet), in one statement for all of them, in
+/// their order. What every delivery asks first; a redelivery is answered by it alone.
+pub async fn first_look(
     conn: &mut AsyncPgConnection,
-    event_id: &str,
-    session_id: &str,
-) -> QueryResult<(bool, Option<SessionRow>)> {
+    asks: &[(&str, Option<&str>)],
+) -> QueryResult<Vec<(bool, Option<SessionRow>)>> {
     #[derive(QueryableByName)]
-    struct SeenRow {
+    struct Look {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
         #[diesel(sql_type = diesel::sql_types::Bool)]
         seen: bool,
         #[diesel(embed)]
         session: Option<SessionRow>,
     }
-    let row: SeenRow = super::prepared::prepared(
-        "SELECT EXISTS (SELECT 1 FROM stripe_events WHERE event_id = $1) AS seen, s.* \
-         FROM (SELECT 1) AS one LEFT JOIN checkout_sessions s ON s.session_id = $2",
+    use diesel::sql_types::{Array, Nullable, Text};
+    let event_ids: Vec<&str> = asks.iter().map(|(e, _)| *e).collect();
+    let session_ids: Vec<Option<&str>> = asks.iter().map(|(_, s)| *s).collect();
+    let mut looks: Vec<Look> = super::prepared::prepared(
+        "SELECT q.n, EXISTS (SELECT 1 FROM stripe_events e WHERE e.event_id = q.event_id) AS seen, s.* \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (event_id, session_id, n) \
+         LEFT JOIN checkout_sessions s ON s.session_id = q.session_id",
     )
-    .bind::<diesel::sql_types::Text, _>(event_id)
-    .bind::<diesel::sql_types::Text, _>(session_id)
-    .get_result(conn)
+    .bind::<Array<Text>, _>(event_ids)
+    .bind::<Array<Nullable<Text>>, _>(session_ids)
+    .load(conn)
     .await?;
-    Ok((row.seen, row.session))
+    looks.sort_unstable_by_key(|l| l.n);
+    if looks.len() != asks.len() || looks.iter().enumerate().any(|(i, l)| l.n != i as i64 + 1) {
+        return Err(diesel::result::Error::DeserializationError(
+            format!("{} answers to {} questions", looks.len(), asks.len()).into(),
+        ));
+    }
+    Ok(looks.into_iter().map(|l| (l.seen, l.session)).collect())
 }
 
 /// Locks the session's row until the caller's transaction ends, if it exists. Takes the

@@ -6,6 +6,7 @@
 //! Exactly-once is the database's job: the session row is locked for the transaction,
 //! entries have unique keys, and the balance moves in the same transaction as an entry.
 
+mod first_look;
 mod money;
 mod persist;
 
@@ -168,6 +169,7 @@ pub struct Fulfiller {
     refund_policy: RefundPolicy,
     /// When (Unix seconds) an event of the other mode was last logged: once a minute.
     wrong_mode_logged: AtomicI64,
+    first_look: first_look::FirstLook,
 }
 
 /// How a convergence got its turn at the session.
@@ -186,6 +188,7 @@ impl Fulfiller {
         refund_policy: RefundPolicy,
     ) -> Self {
         Self {
+            first_look: first_look::FirstLook::new(pool.clone()),
             pool,
             stripe,
             metrics,
@@ -227,20 +230,17 @@ impl Fulfiller {
             ),
             _ => None,
         };
-        // A redelivered event costs one indexed read and no Stripe call, whatever its type;
-        // for a session's own events the session's row comes with it, in the same statement.
-        let (seen, known) = {
-            let mut conn = self.pool.get().await?;
-            match &checkout_id {
-                Some(id) => {
-                    let (seen, row) =
-                        sessions::seen_and_find(&mut conn, envelope.id.as_str(), id.as_str())
-                            .await?;
-                    (seen, Some(row))
-                }
-                None => (db::events::seen(&conn, envelope.id.as_str()).await?, None),
-            }
-        };
+        // A redelivered event costs one indexed read (shared with other deliveries asking
+        // at the same time) and no Stripe call, whatever its type; for a session's own
+        // events the session's row comes with it.
+        let (seen, row) = self
+            .first_look
+            .ask(
+                envelope.id.as_str(),
+                checkout_id.as_ref().map(CheckoutSessionId::as_str),
+            )
+            .await?;
+        let known = checkout_id.is_some().then_some(row);
         if seen {
             return Ok(EventOutcome::Duplicate);
         }

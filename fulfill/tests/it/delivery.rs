@@ -312,3 +312,48 @@ fn handled(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The first question of many deliveries in one statement: each gets its own answer, in
+/// its place, whether its event was seen and whether its session has a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_look_answers_each_delivery_in_its_place() {
+    use fulfill::db::{events, sessions};
+    let world = World::new().await;
+    let _app = world.start(&Options::default()).await; // migrates the database
+    let mut conn = world.db.connect().await;
+    events::record(&conn, "evt_seen", COMPLETED, Some("cs_known"), "credited")
+        .await
+        .unwrap();
+    sessions::claim_fetch(&mut conn, "", "cs_known", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let asks = [
+        ("evt_new", Some("cs_missing")),
+        ("evt_seen", Some("cs_known")),
+        ("evt_new_too", None),
+        ("evt_seen", None),
+        ("evt_new", Some("cs_known")),
+    ];
+    let looks = sessions::first_look(&mut conn, &asks).await.unwrap();
+    let got: Vec<(bool, Option<String>)> = looks
+        .into_iter()
+        .map(|(seen, row)| (seen, row.map(|r| r.session_id)))
+        .collect();
+    let known = || Some("cs_known".to_owned());
+    assert_eq!(
+        got,
+        [
+            (false, None),
+            (true, known()),
+            (false, None),
+            (true, None),
+            (false, known()),
+        ]
+    );
+    assert!(
+        sessions::first_look(&mut conn, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
