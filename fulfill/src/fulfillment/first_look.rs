@@ -23,7 +23,7 @@ use crate::{
 /// Questions answered by one statement, at most.
 const MAX_BATCH: usize = 64;
 /// Statements out at once.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 1;
 
 /// Whether the event was processed before, and the session's row (when one was asked
 /// for and exists).
