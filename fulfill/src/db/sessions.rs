@@ -72,6 +72,17 @@ pub async fn find(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Opt
         .optional()
 }
 
+/// [`first_look`]'s statement. Lateral lookups with LIMIT: one index probe per
+/// question, whatever the planner guesses of the arrays' length. As a plain join and
+/// EXISTS, the generic plan (guessing 100 questions) hashed the whole of `stripe_events`
+/// for every batch.
+pub const FIRST_LOOK: &str = "SELECT q.n, (e.seen IS NOT NULL) AS seen, s.* \
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (event_id, session_id, n) \
+     LEFT JOIN LATERAL (SELECT true AS seen FROM stripe_events \
+                        WHERE event_id = q.event_id LIMIT 1) e ON true \
+     LEFT JOIN LATERAL (SELECT * FROM checkout_sessions \
+                        WHERE session_id = q.session_id LIMIT 1) s ON true";
+
 /// For each `(event id, session id)`: whether the event was processed before, and the
 /// session's row (none asked for, or none yet), in one statement for all of them, in
 /// their order. What every delivery asks first; a redelivery is answered by it alone.
@@ -91,15 +102,11 @@ pub async fn first_look(
     use diesel::sql_types::{Array, Nullable, Text};
     let event_ids: Vec<&str> = asks.iter().map(|(e, _)| *e).collect();
     let session_ids: Vec<Option<&str>> = asks.iter().map(|(_, s)| *s).collect();
-    let mut looks: Vec<Look> = super::prepared::prepared(
-        "SELECT q.n, EXISTS (SELECT 1 FROM stripe_events e WHERE e.event_id = q.event_id) AS seen, s.* \
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (event_id, session_id, n) \
-         LEFT JOIN checkout_sessions s ON s.session_id = q.session_id",
-    )
-    .bind::<Array<Text>, _>(event_ids)
-    .bind::<Array<Nullable<Text>>, _>(session_ids)
-    .load(conn)
-    .await?;
+    let mut looks: Vec<Look> = super::prepared::prepared(FIRST_LOOK)
+        .bind::<Array<Text>, _>(event_ids)
+        .bind::<Array<Nullable<Text>>, _>(session_ids)
+        .load(conn)
+        .await?;
     looks.sort_unstable_by_key(|l| l.n);
     if looks.len() != asks.len() || looks.iter().enumerate().any(|(i, l)| l.n != i as i64 + 1) {
         return Err(diesel::result::Error::DeserializationError(

@@ -357,3 +357,53 @@ async fn the_first_look_answers_each_delivery_in_its_place() {
             .is_empty()
     );
 }
+
+/// The first look probes indexes for each question, however many events are recorded:
+/// its generic plan (the one a prepared statement settles on, guessing the arrays'
+/// length) never scans a table, nor hashes one whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_look_probes_indexes_never_scans() {
+    use diesel_async::RunQueryDsl;
+    let world = World::new().await;
+    let _app = world.start(&Options::default()).await; // migrates the database
+    let mut conn = world.db.connect().await;
+    for statement in [
+        "INSERT INTO stripe_events (event_id, event_type, outcome) \
+         SELECT 'evt_' || g, 'checkout.session.completed', 'credited' FROM generate_series(1, 5000) g"
+            .to_owned(),
+        "INSERT INTO checkout_sessions (session_id, state) \
+         SELECT 'cs_' || g, 'credited' FROM generate_series(1, 5000) g"
+            .to_owned(),
+        "ANALYZE stripe_events, checkout_sessions".to_owned(),
+        "SET plan_cache_mode = force_generic_plan".to_owned(),
+        format!(
+            "PREPARE first_look (text[], text[]) AS {}",
+            fulfill::db::sessions::FIRST_LOOK
+        ),
+    ] {
+        diesel::sql_query(statement)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let plan: Vec<Line> =
+        diesel::sql_query("EXPLAIN EXECUTE first_look ('{evt_1,evt_none}', '{cs_1,NULL}')")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+    assert!(
+        plan.iter().all(|l| !l.contains("Seq Scan")),
+        "a table scan in {plan:#?}"
+    );
+    assert!(
+        plan.iter().any(|l| l.contains("stripe_events_pkey"))
+            && plan.iter().any(|l| l.contains("checkout_sessions_pkey")),
+        "{plan:#?}"
+    );
+}
