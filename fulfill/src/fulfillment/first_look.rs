@@ -3,14 +3,15 @@
 //!
 //! Deliveries ask through a channel; a task takes whatever has gathered and answers it
 //! with one [`sessions::first_look`]. Nobody waits to fill a batch: a question asked
-//! while nothing is in flight goes out at once, alone. Questions gather only while
-//! [`IN_FLIGHT`] statements are already out, which is when a round trip per delivery
-//! would have queued anyway. Draining redeliveries, a round trip (and its system calls
-//! on both ends) then serves a dozen deliveries instead of one.
+//! while nothing is in flight goes out at once, alone. Questions gather only while the
+//! previous statement is out, which is when a round trip per delivery would have queued
+//! anyway (with two statements out the batches stayed near one question). Draining
+//! redeliveries, a round trip (and its system calls on both ends) then serves a dozen
+//! deliveries instead of one.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     db::{
@@ -22,8 +23,6 @@ use crate::{
 
 /// Questions answered by one statement, at most.
 const MAX_BATCH: usize = 64;
-/// Statements out at once.
-const IN_FLIGHT: usize = 1;
 
 /// Whether the event was processed before, and the session's row (when one was asked
 /// for and exists).
@@ -72,27 +71,12 @@ impl FirstLook {
     }
 }
 
-/// Ends when every sender is gone (the fulfiller dropped).
+/// Ends when every sender is gone (the fulfiller dropped). One statement out at a time:
+/// what is asked meanwhile waits in the channel and goes with the next one.
 async fn answer_all(pool: Pool, mut asks: mpsc::UnboundedReceiver<Ask>) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while asks.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
-        // What gathered while waiting for the permit goes too.
-        while batch.len() < MAX_BATCH {
-            match asks.try_recv() {
-                Ok(ask) => batch.push(ask),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        let questions = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        tokio::spawn(async move {
-            answer(&pool, questions).await;
-            drop(permit);
-        });
+        answer(&pool, std::mem::take(&mut batch)).await;
     }
 }
 

@@ -114,10 +114,6 @@ pub enum RateLimiter {
         /// Slots taken from the row but not used yet, per account: at high budgets
         /// ([`block_size`] > 1) one update takes the next [`BLOCK_SPAN`] of slots.
         blocks: std::sync::Mutex<HashMap<Account, Slots>>,
-        /// One refill of an account's block at a time: the callers that found the block
-        /// spent wait for that one update and share what it took, instead of each
-        /// queueing on the row's lock for a block of its own.
-        refills: std::sync::Mutex<HashMap<Account, std::sync::Arc<Mutex<()>>>>,
     },
 }
 
@@ -145,7 +141,6 @@ impl RateLimiter {
             pool,
             interval: interval(per_second),
             blocks: std::sync::Mutex::new(HashMap::new()),
-            refills: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -220,7 +215,6 @@ impl RateLimiter {
                 pool,
                 interval,
                 blocks,
-                refills,
             } => {
                 // A held slot, as the wait from the moment it was taken.
                 let held = || {
@@ -233,16 +227,15 @@ impl RateLimiter {
                 };
                 let n = block_size(*interval);
                 let mut taken = held();
-                // With blocks the refill is single-flight (see `refills`): the callers that
+                // With blocks the refill is single-flight (`Slots::refill`): the callers that
                 // found the block spent wait for the one refilling it and take from what
                 // it took. With one slot per update every caller takes its own.
                 let mut refilling = None;
                 if taken.is_none()
                     && n > 1
-                    && let Some(refill) = refills
-                        .lock()
-                        .ok()
-                        .map(|mut r| std::sync::Arc::clone(r.entry(account.clone()).or_default()))
+                    && let Some(refill) = blocks.lock().ok().map(|mut b| {
+                        std::sync::Arc::clone(&b.entry(account.clone()).or_default().refill)
+                    })
                 {
                     refilling = Some(refill.lock_owned().await);
                     taken = held();
@@ -304,9 +297,13 @@ impl RateLimiter {
                 *next = (*next).max(now + pause);
             }
             Self::Shared { pool, blocks, .. } => {
-                // Slots taken before the 429 are not spent after it.
-                if let Ok(mut b) = blocks.lock() {
-                    b.remove(account);
+                // Slots taken before the 429 are not spent after it (the refill lock
+                // stays: a refill under way is still the only one).
+                if let Ok(mut b) = blocks.lock()
+                    && let Some(slots) = b.get_mut(account)
+                {
+                    slots.block = None;
+                    slots.spares.clear();
                 }
                 if let Ok(mut conn) = pool.get().await {
                     let _ =
@@ -345,6 +342,10 @@ pub fn block_size(interval: Duration) -> u32 {
 pub struct Slots {
     pub block: Option<Block>,
     pub spares: Vec<Instant>,
+    /// One refill of the block at a time: the callers that found it spent wait for that
+    /// one update and share what it took, instead of each queueing on the row's lock for
+    /// a block of its own.
+    pub refill: std::sync::Arc<Mutex<()>>,
 }
 
 impl Slots {
@@ -442,6 +443,7 @@ mod tests {
                 left: 1,
             }),
             spares: vec![now + step * 2, now - LATE_AT_MOST - step],
+            ..Slots::default()
         };
         // The fresh spare first, the stale one dropped, then the block, then nothing.
         assert_eq!(slots.take(now, step, None), Some(step * 2));
@@ -457,6 +459,7 @@ mod tests {
         let mut slots = Slots {
             block: None,
             spares: vec![now + step * 3],
+            ..Slots::default()
         };
         assert_eq!(slots.take(now, step, Some(step)), None);
         assert_eq!(slots.spares.len(), 1);
