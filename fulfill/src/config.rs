@@ -37,6 +37,15 @@ pub const FULFILL_RECONCILE_INTERVAL_SECS: &str = "FULFILL_RECONCILE_INTERVAL_SE
 
 /// Where fulfill listens unless `FULFILL_ADDR` says otherwise.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8081";
+/// Deliveries in progress per process. Most of a delivery's time is Stripe's answer
+/// (a few hundred milliseconds with the expansions) and the wait for budget: at 0.5 s a
+/// call, using live mode's 100 calls/s takes 50 calls in flight across the fleet, which
+/// 16 per process (the earlier default) gave only with four processes. Redeliveries of
+/// settled sessions cost one shared read each and drain as fast as many are in flight.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Unacknowledged deliveries per consumer: twice the concurrency, so the next deliveries
+/// are at hand when one finishes, and a quarter of it (the ack window) acks in one frame.
+pub const DEFAULT_PREFETCH: u16 = 128;
 /// The Stripe API unless `STRIPE_API_BASE` says otherwise.
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
 
@@ -83,10 +92,14 @@ pub fn variables() -> Vec<Variable> {
             "unset",
             "when set, /users/*, /checkout/* and /attention need Authorization: Bearer …",
         ),
-        v(FULFILL_CONCURRENCY, "16", "deliveries processed at once"),
+        v(
+            FULFILL_CONCURRENCY,
+            "64",
+            "deliveries processed at once",
+        ),
         v(
             FULFILL_PREFETCH,
-            "32",
+            "128",
             "unacknowledged deliveries the broker may push ahead",
         ),
         v(
@@ -178,14 +191,14 @@ impl Config {
                 "must be a positive number",
             ));
         }
-        let concurrency: usize = parsed_or(env, FULFILL_CONCURRENCY, 16)?;
+        let concurrency: usize = parsed_or(env, FULFILL_CONCURRENCY, DEFAULT_CONCURRENCY)?;
         if concurrency == 0 {
             return Err(ConfigError::invalid(
                 FULFILL_CONCURRENCY,
                 "must be at least 1",
             ));
         }
-        let prefetch: u16 = parsed_or(env, FULFILL_PREFETCH, 32)?;
+        let prefetch: u16 = parsed_or(env, FULFILL_PREFETCH, DEFAULT_PREFETCH)?;
         if prefetch == 0 {
             return Err(ConfigError::invalid(FULFILL_PREFETCH, "must be at least 1"));
         }
@@ -336,6 +349,25 @@ mod tests {
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
+    }
+
+    #[test]
+    fn the_help_states_the_concurrency_and_prefetch_in_force() {
+        let cfg = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(cfg.consumer.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(cfg.consumer.prefetch, DEFAULT_PREFETCH);
+        let default_of = |name: &str| {
+            variables()
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.default)
+                .unwrap()
+        };
+        assert_eq!(
+            default_of(FULFILL_CONCURRENCY),
+            DEFAULT_CONCURRENCY.to_string()
+        );
+        assert_eq!(default_of(FULFILL_PREFETCH), DEFAULT_PREFETCH.to_string());
     }
 
     #[test]

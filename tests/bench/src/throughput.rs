@@ -105,7 +105,7 @@ impl Stack {
     /// before either is waited for (so neither gets a head start on the queue).
     async fn fulfills(&self, database_url: &str, generation: u32) -> anyhow::Result<Fulfills> {
         // Both spawned before either is waited for.
-        let env = [
+        let mut env = vec![
             ("DATABASE_URL", database_url.to_owned()),
             ("STRIPE_SECRET_KEY", fake_stripe::DEFAULT_API_KEY.into()),
             ("STRIPE_API_BASE", self.stripe.base_url()),
@@ -113,6 +113,16 @@ impl Stack {
             ("AMQP_URL", self.broker.url.clone()),
             ("AMQP_TOPOLOGY_PREFIX", self.broker.prefix.clone()),
         ];
+        // To try a setting: `FULFILL_CONCURRENCY=64 bench throughput` passes it on
+        // (defaults otherwise).
+        for name in ["FULFILL_CONCURRENCY", "FULFILL_PREFETCH", "DATABASE_POOL_SIZE"] {
+            if let Ok(value) = std::env::var(name) {
+                if generation == 0 {
+                    println!("fulfill with {name}={value}");
+                }
+                env.push((name, value));
+            }
+        }
         let starts = (0..2).map(|i| {
             let (env, logs) = (&env, &self.logs);
             async move {
