@@ -93,8 +93,7 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
 ///
 /// Two round trips in the normal case: one statement moves the balance and writes the
 /// entry numbered with the balance's new `sequence`; then the lots and the credit event
-/// (one statement when lots are consumed, two pipelined when a positive entry creates
-/// them). When the key exists already the balance move is undone under the same lock
+/// (one statement). When the key exists already the balance move is undone under the same lock
 /// (a third round trip, only then).
 pub async fn append_entry(
     conn: &mut AsyncPgConnection,
@@ -189,11 +188,14 @@ pub async fn announce(
     let appended = &pending.appended;
     let event = super::outbox::entry_row(entry, appended, pending.created_at);
     if entry.delta > 0 {
-        // Independent inserts: pipelined, one round trip for both.
-        futures_util::try_join!(
-            super::lots::create(conn, entry, appended.entry_id, appended.credits_after),
-            super::outbox::insert(conn, entry, &event),
-        )?;
+        super::lots::create_and_announce(
+            conn,
+            entry,
+            appended.entry_id,
+            appended.credits_after,
+            &event,
+        )
+        .await?;
     } else {
         // A zero delta consumes nothing; the statement still writes the event.
         super::lots::consume_and_announce(conn, entry, -entry.delta, &event).await?;

@@ -72,29 +72,6 @@ pub(super) fn entry_row(
     }
 }
 
-/// Writes an entry's row (for entries that do not consume lots; those write it with
-/// [`super::lots::consume_and_announce`], in the same statement).
-///
-/// Takes the connection shared so that it can be pipelined with the entry's lots.
-pub(super) async fn insert(
-    conn: &AsyncPgConnection,
-    entry: &NewEntry<'_>,
-    row: &EntryRow,
-) -> QueryResult<()> {
-    diesel::insert_into(credit_events::table)
-        .values((
-            credit_events::event_id.eq(&row.event_id),
-            credit_events::routing_key.eq(&row.routing_key),
-            credit_events::account.eq(entry.account),
-            credit_events::user_id.eq(entry.user_id),
-            credit_events::sequence.eq(row.sequence),
-            credit_events::payload.eq(&row.payload),
-        ))
-        .execute(&mut { conn })
-        .await?;
-    Ok(())
-}
-
 /// Announces that a session now needs attention (call it in the transaction that moves
 /// the session into that state, only when it was not in it before).
 pub async fn announce_attention(

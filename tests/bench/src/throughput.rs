@@ -115,7 +115,11 @@ impl Stack {
         ];
         // To try a setting: `FULFILL_CONCURRENCY=64 bench throughput` passes it on
         // (defaults otherwise).
-        for name in ["FULFILL_CONCURRENCY", "FULFILL_PREFETCH", "DATABASE_POOL_SIZE"] {
+        for name in [
+            "FULFILL_CONCURRENCY",
+            "FULFILL_PREFETCH",
+            "DATABASE_POOL_SIZE",
+        ] {
             if let Ok(value) = std::env::var(name) {
                 if generation == 0 {
                     println!("fulfill with {name}={value}");
