@@ -37,6 +37,9 @@ pub enum FulfillError {
     /// A ledger key already taken under the session lock: a bug, never retried.
     #[error("ledger entry {0} already exists")]
     Conflict(String),
+    /// The process is shutting down and dropped the work before it ended.
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 impl FulfillError {
@@ -50,7 +53,7 @@ impl FulfillError {
             | Self::OtherAccount { .. }
             | Self::WrongMode { .. } => false,
             Self::Stripe(e) => e.is_transient(),
-            Self::Pool(_) | Self::NotYetVisible { .. } => true,
+            Self::Pool(_) | Self::NotYetVisible { .. } | Self::ShuttingDown => true,
             // Constraint violations are bugs no retry will fix; everything else
             // (lost connections, serialization failures, restarts) passes.
             Self::Database(Db::DatabaseError(
@@ -73,6 +76,7 @@ impl FulfillError {
             Self::Conflict(_) => "conflict",
             Self::WrongMode { .. } => "wrong_mode",
             Self::OtherAccount { .. } => "other_account",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 

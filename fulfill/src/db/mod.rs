@@ -95,9 +95,15 @@ pub fn pool(url: &SecretString, max_size: u32) -> Pool {
             }
             .boxed()
         }));
+    // Every connection is made on the runtime that made the pool (the process's main
+    // runtime), wherever the checkout that needed it ran: a connection's socket and the
+    // task driving it stay on the runtime that connected it, and one made for a request
+    // on an HTTP worker's runtime (a readiness probe, a balance read) would have that
+    // worker thread wake for every statement the consumers send on it afterwards.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     setup.custom_setup = Box::new(move |_url| {
         let prepared = Arc::clone(&prepared);
-        async move {
+        let connect = async move {
             match prepared.as_ref() {
                 Ok((connector, target)) => {
                     target
@@ -112,8 +118,21 @@ pub fn pool(url: &SecretString, max_size: u32) -> Pool {
                 }
                 Err(message) => Err(diesel::ConnectionError::BadConnection(message.clone())),
             }
+        };
+        match &runtime {
+            Some(runtime) => {
+                let connecting = runtime.spawn(connect);
+                async move {
+                    connecting.await.unwrap_or_else(|e| {
+                        Err(diesel::ConnectionError::BadConnection(format!(
+                            "the connecting task failed: {e}"
+                        )))
+                    })
+                }
+                .boxed()
+            }
+            None => connect.boxed(),
         }
-        .boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         url.expose_secret(),

@@ -24,9 +24,13 @@ pub async fn fulfill(
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(path.into_inner())?;
     // A customer waits at most this for budget; beyond it, 503 with Retry-After.
+    let fulfiller = std::sync::Arc::clone(&state.fulfiller);
     let result = state
-        .fulfiller
-        .fulfill_session_within(&account, &id, SUCCESS_PAGE_MAX_WAIT)
+        .on_main_runtime(async move {
+            fulfiller
+                .fulfill_session_within(&account, &id, SUCCESS_PAGE_MAX_WAIT)
+                .await
+        })
         .await?;
     Ok(HttpResponse::Ok().json(result))
 }

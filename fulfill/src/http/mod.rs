@@ -31,7 +31,9 @@ const POST: Method = Method::POST;
 pub use auth::Authorized;
 use secrecy::SecretString;
 
-use crate::{db::Pool, fulfillment::Fulfiller, metrics::Metrics, stripe::KeyHealth};
+use crate::{
+    db::Pool, error::FulfillError, fulfillment::Fulfiller, metrics::Metrics, stripe::KeyHealth,
+};
 
 /// What every handler may use.
 pub struct AppState {
@@ -41,6 +43,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     consumer_connected: Arc<AtomicBool>,
     key: Arc<KeyHealth>,
+    /// The process's main runtime (where the consumers run), when the state was made in
+    /// one: see [`AppState::on_main_runtime`].
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl AppState {
@@ -59,6 +64,27 @@ impl AppState {
             metrics,
             consumer_connected,
             key,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `work` on the main runtime and waits for it. For work that opens connections
+    /// to keep (a Stripe call may open one): a connection stays on the runtime that
+    /// opened it, and one opened on an HTTP worker's runtime would have that worker wake
+    /// for every consumer call that reuses it. The work also runs to its end when the
+    /// client goes away.
+    pub async fn on_main_runtime<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, FulfillError>> + Send + 'static,
+    ) -> Result<T, FulfillError> {
+        match &self.runtime {
+            Some(runtime) => match runtime.spawn(work).await {
+                Ok(done) => done,
+                // As it would have inline.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(FulfillError::ShuttingDown),
+            },
+            None => work.await,
         }
     }
 

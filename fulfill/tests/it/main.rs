@@ -19,6 +19,7 @@ mod modes_and_keys;
 mod openapi;
 mod operations;
 mod outbox;
+mod pool;
 mod reversals;
 mod spending;
 mod stripe_faults;
