@@ -16,6 +16,16 @@ pub async fn seen(conn: &AsyncPgConnection, event_id: &str) -> QueryResult<bool>
         .map(|found| found.is_some())
 }
 
+/// An event's record, written with the statement of another write of the same
+/// transaction (see [`super::ledger::announce`]) instead of one of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub object_id: Option<&'a str>,
+    pub outcome: &'a str,
+}
+
 /// Records an event; a second record of the same id changes nothing. Returns whether
 /// this call inserted it. Takes the connection shared so that it can be pipelined with other statements.
 pub async fn record(

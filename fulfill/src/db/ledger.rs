@@ -102,7 +102,7 @@ pub async fn append_entry(
     let Some(pending) = write_entry(conn, entry).await? else {
         return Ok(None);
     };
-    announce(conn, entry, &pending).await?;
+    announce(conn, entry, &pending, None).await?;
     Ok(Some(pending.appended))
 }
 
@@ -180,10 +180,14 @@ pub async fn write_entry(
 /// credit event. Takes the connection shared so that it can be pipelined with other
 /// writes of the transaction (statements on one connection still run in order, so the
 /// lots of several entries are consumed one after the other).
+///
+/// `record`, when given, is the record of the Stripe event behind the entry, written by
+/// the same statement ([`super::events::record`] without a round trip of its own).
 pub async fn announce(
     conn: &AsyncPgConnection,
     entry: &NewEntry<'_>,
     pending: &Pending,
+    record: Option<&super::events::Record<'_>>,
 ) -> QueryResult<()> {
     let appended = &pending.appended;
     let event = super::outbox::entry_row(entry, appended, pending.created_at);
@@ -194,11 +198,12 @@ pub async fn announce(
             appended.entry_id,
             appended.credits_after,
             &event,
+            record,
         )
         .await?;
     } else {
         // A zero delta consumes nothing; the statement still writes the event.
-        super::lots::consume_and_announce(conn, entry, -entry.delta, &event).await?;
+        super::lots::consume_and_announce(conn, entry, -entry.delta, &event, record).await?;
     }
     Ok(())
 }

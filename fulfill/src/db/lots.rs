@@ -14,6 +14,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{
+    events::Record,
     ledger::{LotSpec, NewEntry},
     outbox::EntryRow,
     schema::credit_lots,
@@ -51,14 +52,16 @@ pub fn lots_for(delta: i64, specs: &[LotSpec], credits_after: i64) -> Vec<LotSpe
     lots
 }
 
-/// The lots a positive entry creates and its credit event (`event`), in one statement:
-/// one round trip, and one statement for PostgreSQL to run instead of two.
+/// The lots a positive entry creates, its credit event (`event`) and the record of the
+/// Stripe event behind it when there is one, in one statement: one round trip, and one
+/// statement for PostgreSQL to run instead of three.
 pub(super) async fn create_and_announce(
     conn: &AsyncPgConnection,
     entry: &NewEntry<'_>,
     entry_id: i64,
     credits_after: i64,
     event: &EntryRow,
+    record: Option<&Record<'_>>,
 ) -> QueryResult<()> {
     let (credits, expires_at): (Vec<i64>, Vec<Option<DateTime<Utc>>>) =
         lots_for(entry.delta, &entry.lots, credits_after)
@@ -74,7 +77,11 @@ pub(super) async fn create_and_announce(
              SELECT $1, $2, $3, $4, l.credits, l.credits, l.expires_at \
                FROM unnest($5::int8[], $6::timestamptz[]) WITH ORDINALITY \
                     AS l (credits, expires_at, n) \
-              ORDER BY l.n) \
+              ORDER BY l.n), \
+         recorded AS ( \
+             INSERT INTO stripe_events (event_id, event_type, object_id, outcome) \
+             SELECT $11, $12, $13, $14 WHERE $11 IS NOT NULL \
+             ON CONFLICT DO NOTHING) \
          INSERT INTO credit_events (event_id, routing_key, account, user_id, sequence, payload) \
          VALUES ($7, $8, $1, $2, $9, $10)",
     )
@@ -88,6 +95,10 @@ pub(super) async fn create_and_announce(
     .bind::<Text, _>(&event.routing_key)
     .bind::<BigInt, _>(event.sequence)
     .bind::<Jsonb, _>(&event.payload)
+    .bind::<Nullable<Text>, _>(record.map(|r| r.event_id))
+    .bind::<Nullable<Text>, _>(record.map(|r| r.event_type))
+    .bind::<Nullable<Text>, _>(record.and_then(|r| r.object_id))
+    .bind::<Nullable<Text>, _>(record.map(|r| r.outcome))
     .execute(&mut { conn })
     .await?;
     Ok(())
@@ -96,12 +107,14 @@ pub(super) async fn create_and_announce(
 /// Takes `amount` from the user's lots: the session's own lot first (a reversal takes
 /// back what that purchase gave), then the soonest-expiring, then those that never
 /// expire. Takes what there is when there is less (a reversal of spent credits). The
-/// same statement writes the entry's credit event (`event`): one round trip.
+/// same statement writes the entry's credit event (`event`) and the record of the Stripe
+/// event behind it when there is one: one round trip.
 pub(super) async fn consume_and_announce(
     conn: &AsyncPgConnection,
     entry: &NewEntry<'_>,
     amount: i64,
     event: &EntryRow,
+    record: Option<&Record<'_>>,
 ) -> QueryResult<()> {
     super::prepared::prepared(
         "WITH ordered AS ( \
@@ -113,7 +126,11 @@ pub(super) async fn consume_and_announce(
              UPDATE credit_lots l \
                 SET remaining = l.remaining - LEAST(o.remaining, $4 - o.before) \
                FROM ordered o \
-              WHERE l.id = o.id AND o.before < $4) \
+              WHERE l.id = o.id AND o.before < $4), \
+         recorded AS ( \
+             INSERT INTO stripe_events (event_id, event_type, object_id, outcome) \
+             SELECT $9, $10, $11, $12 WHERE $9 IS NOT NULL \
+             ON CONFLICT DO NOTHING) \
          INSERT INTO credit_events (event_id, routing_key, account, user_id, sequence, payload) \
          VALUES ($5, $6, $1, $2, $7, $8)",
     )
@@ -125,6 +142,10 @@ pub(super) async fn consume_and_announce(
     .bind::<Text, _>(&event.routing_key)
     .bind::<BigInt, _>(event.sequence)
     .bind::<Jsonb, _>(&event.payload)
+    .bind::<Nullable<Text>, _>(record.map(|r| r.event_id))
+    .bind::<Nullable<Text>, _>(record.map(|r| r.event_type))
+    .bind::<Nullable<Text>, _>(record.and_then(|r| r.object_id))
+    .bind::<Nullable<Text>, _>(record.map(|r| r.outcome))
     .execute(&mut { conn })
     .await?;
     Ok(())

@@ -223,29 +223,32 @@ pub(super) async fn apply(
     // The entries' lots and credit events, the session's new state and the event's
     // record are independent: pipelined.
     let shared: &AsyncPgConnection = conn;
-    let record = async {
-        match event {
-            Some(e) => db::events::record(
-                shared,
-                e.id.as_str(),
-                e.event_type.as_str(),
-                Some(session_id.as_str()),
-                super::EventOutcome::converged_label(plan.state, newly_credited, change),
-            )
-            .await
-            .map(|_| ()),
+    let record = event.map(|e| db::events::Record {
+        event_id: e.id.as_str(),
+        event_type: e.event_type.as_str(),
+        object_id: Some(session_id.as_str()),
+        outcome: super::EventOutcome::converged_label(plan.state, newly_credited, change),
+    });
+    // The event's record goes with the last entry's statement; without entries, alone.
+    let last = entries.len().checked_sub(1);
+    let announced = futures_util::future::try_join_all(entries.iter().enumerate().map(
+        |(i, (entry, written))| {
+            let record = record.as_ref().filter(|_| Some(i) == last);
+            ledger::announce(shared, entry, written, record)
+        },
+    ));
+    let record_alone = async {
+        match record.as_ref().filter(|_| last.is_none()) {
+            Some(r) => db::events::record(shared, r.event_id, r.event_type, r.object_id, r.outcome)
+                .await
+                .map(|_| ()),
             None => Ok(()),
         }
     };
-    let announced = futures_util::future::try_join_all(
-        entries
-            .iter()
-            .map(|(entry, written)| ledger::announce(shared, entry, written)),
-    );
     let (_, row, ()) = futures_util::try_join!(
         announced,
         sessions::update_and_release(shared, session_id.as_str(), &update, view.started),
-        record,
+        record_alone,
     )?;
     debug_assert_eq!(row.state, plan.state);
     Ok(Persisted {

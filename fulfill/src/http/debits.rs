@@ -126,7 +126,9 @@ pub async fn debit(
             // The lots, the credit event and the stored answer in one round trip.
             let shared: &AsyncPgConnection = conn;
             let ((), answer) = futures_util::try_join!(
-                async { Ok::<_, ApiError>(ledger::announce(shared, &entry, &written).await?) },
+                async {
+                    Ok::<_, ApiError>(ledger::announce(shared, &entry, &written, None).await?)
+                },
                 idempotency::finish(shared, &account, &key, StatusCode::CREATED, body),
             )?;
             Ok(answer)

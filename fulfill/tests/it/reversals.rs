@@ -238,3 +238,83 @@ async fn a_refund_for_a_session_never_delivered_credits_then_reverses() {
     world.deliver(&s, COMPLETED).await;
     app.assert_balance_settles(&world.client, "late", 5).await;
 }
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct EventRecord {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    event_type: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    object_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    outcome: String,
+}
+
+async fn event_record(world: &World, event_id: &str) -> Option<EventRecord> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = world.db.connect().await;
+    diesel::sql_query(
+        "SELECT event_type, object_id, outcome FROM stripe_events WHERE event_id = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(event_id)
+    .get_result(&mut conn)
+    .await
+    .ok()
+}
+
+/// The record of an event that moved credits is written with the entry's own statement
+/// (lots, credit event, record): whether the entry gave credits or took them back, it is
+/// there, says what came of the event, and answers every redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_move_credits_are_recorded_with_their_outcome() {
+    let world = World::new().await;
+    let app = world.start(&Options::default()).await;
+    let pack = world.price(PriceSpec {
+        unit_amount: 900,
+        ..PriceSpec::credits(10)
+    });
+    let s = world.session(SessionSpec::paid("recorded", &pack, 1));
+    let (bought, bought_body) = world.deliver(&s, COMPLETED).await;
+    app.wait_state(&world.client, &s, "credited").await;
+    world.wait_event(&bought).await;
+    let (refunded, refunded_body) = refund(&world, &s, None).await;
+    app.assert_balance_settles(&world.client, "recorded", 0)
+        .await;
+    world.wait_event(&refunded).await;
+    assert_eq!(
+        event_record(&world, &bought).await,
+        Some(EventRecord {
+            event_type: COMPLETED.into(),
+            object_id: Some(s.clone()),
+            outcome: "credited".into(),
+        })
+    );
+    assert_eq!(
+        event_record(&world, &refunded).await,
+        Some(EventRecord {
+            event_type: REFUNDED.into(),
+            object_id: Some(s.clone()),
+            outcome: "reversed".into(),
+        })
+    );
+    // Redelivered, both are answered from their records.
+    world.publish(COMPLETED, &bought, &bought_body).await;
+    world.publish(REFUNDED, &refunded, &refunded_body).await;
+    let duplicates = |metrics: &str| {
+        metric(
+            metrics,
+            "fulfill_events_total{event_type=\"checkout.session.completed\",outcome=\"duplicate\"}",
+        ) + metric(
+            metrics,
+            "fulfill_events_total{event_type=\"charge.refunded\",outcome=\"duplicate\"}",
+        )
+    };
+    crate::helpers::eventually(|| async {
+        let metrics = app.metrics(&world.client).await;
+        (duplicates(&metrics) == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ledger(&world, &app, "recorded").await,
+        vec![(10, "purchase".into()), (-10, "refund".into())]
+    );
+}
