@@ -93,8 +93,8 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: &NewEntry<'_>) -> Query
 ///
 /// Two round trips in the normal case: one statement moves the balance and writes the
 /// entry numbered with the balance's new `sequence`; then the lots and the credit event
-/// (one statement). When the key exists already the balance move is undone under the same lock
-/// (a third round trip, only then).
+/// (one statement). When the key exists already the balance move is undone under the
+/// same lock (a third round trip, only then).
 pub async fn append_entry(
     conn: &mut AsyncPgConnection,
     entry: &NewEntry<'_>,
