@@ -70,6 +70,8 @@ pub async fn ping(pool: &Pool) -> bool {
 }
 
 /// A pool that connects lazily: start-up does not fail while PostgreSQL is restarting.
+/// Make it on the runtime that outlives its users (the process's main runtime): its
+/// connections are opened there.
 /// Every connection goes through [`tls`] (diesel-async's default setup has no TLS); the
 /// URL is read and the CA loaded once, and a fault there fails each checkout with its cause
 /// (start-up has already refused it in the migrations, which run first).

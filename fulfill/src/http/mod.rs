@@ -25,6 +25,7 @@ use std::sync::{
 };
 
 use actix_web::{Route, http::Method, web};
+use tracing::Instrument;
 
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
@@ -78,7 +79,8 @@ impl AppState {
         work: impl Future<Output = Result<T, FulfillError>> + Send + 'static,
     ) -> Result<T, FulfillError> {
         match &self.runtime {
-            Some(runtime) => match runtime.spawn(work).await {
+            // In the request's span: the work's spans stay in the request's trace.
+            Some(runtime) => match runtime.spawn(work.in_current_span()).await {
                 Ok(done) => done,
                 // As it would have inline.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -348,7 +348,7 @@ async fn round_trips(sessions: usize) -> anyhow::Result<()> {
     );
     let exec_ms: f64 = statements.iter().map(|s| s.exec_ms).sum();
     println!(
-        "execution time in PostgreSQL per credited session: {:.0} µs (pg_stat_statements' total_exec_time: planning and lock waits included, and on these shared cores the time a backend was runnable but not running; the commit's WAL flush, protocol and parsing not)",
+        "execution time in PostgreSQL per credited session: {:.0} µs (pg_stat_statements' total_exec_time: lock waits included, and on these shared cores the time a backend was runnable but not running; planning, the commit's WAL flush, protocol and parsing not)",
         exec_ms * 1000.0 / n
     );
     println!("\n| calls per session | µs per call | statement |\n|---|---|---|");

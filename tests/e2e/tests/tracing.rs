@@ -380,6 +380,14 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
     assert_eq!(counter(&m, "fulfill_sessions_credited_total"), 1.0, "{m}");
     assert_eq!(counter(&m, "fulfill_credits_granted_total"), 10.0, "{m}");
 
+    // The success page converges on fulfill's main runtime, still in its request's trace.
+    let page = client
+        .post(format!("{fulfill_url}/checkout/sessions/{session}/fulfill"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "{}", fulfill.output());
+
     // SIGTERM flushes what is still buffered before the processes exit.
     for p in [&mut ingest, &mut fulfill] {
         let status = p.terminate(Duration::from_secs(30));
@@ -458,14 +466,19 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
     assert_eq!(handled.attr("event_type"), Some(COMPLETED));
     assert_eq!(handled.attr("session_id"), Some(session.as_str()));
     assert_eq!(handled.attr("user_id"), Some(USER));
-    let fulfilled = one(&all, "fulfill.session", |s| s.name == "fulfill.session");
+    let fulfilled = one(&all, "fulfill.session", |s| {
+        s.name == "fulfill.session" && s.trace_id == trace
+    });
     assert_eq!(fulfilled.parent_id, handled.span_id);
     assert_eq!(fulfilled.attr("user_id"), Some(USER));
 
     let stripe_calls: Vec<&Span> = all
         .iter()
         .filter(|s| {
-            s.service == "fulfill" && s.kind == CLIENT && s.attr("http.request.method").is_some()
+            s.service == "fulfill"
+                && s.kind == CLIENT
+                && s.attr("http.request.method").is_some()
+                && s.trace_id == trace
         })
         .collect();
     assert!(
@@ -502,10 +515,26 @@ async fn one_event_is_one_trace_from_the_webhook_to_the_credit_without_secrets()
     )));
     let read = all
         .iter()
-        .find(|s| s.service == "fulfill" && s.kind == SERVER)
+        .find(|s| {
+            s.service == "fulfill"
+                && s.kind == SERVER
+                && s.attr("http.request.method") == Some("GET")
+        })
         .expect("a server span for the balance reads");
     assert_eq!(read.name, "GET /users/{user_id}/balance");
     assert_ne!(read.trace_id, trace);
+
+    // The success page's convergence, run on another runtime than its request's, is in
+    // that request's trace, below its server span.
+    let page = one(&all, "success page server", |s| {
+        s.service == "fulfill" && s.kind == SERVER && s.attr("http.request.method") == Some("POST")
+    });
+    assert_eq!(page.name, "POST /checkout/sessions/{session_id}/fulfill");
+    assert_ne!(page.trace_id, trace);
+    let converged = one(&all, "success page fulfill.session", |s| {
+        s.name == "fulfill.session" && s.trace_id == page.trace_id
+    });
+    assert!(descends_from(&all, converged, page), "{converged:#?}");
 
     // Nothing secret, and no email, anywhere in what was exported.
     let emails: Vec<String> = String::from_utf8_lossy(&body)
