@@ -17,6 +17,7 @@ use super::{
     events::Record,
     ledger::{LotSpec, NewEntry},
     outbox::EntryRow,
+    prepared::{Binds, Prepared},
     schema::credit_lots,
 };
 
@@ -52,6 +53,31 @@ pub fn lots_for(delta: i64, specs: &[LotSpec], credits_after: i64) -> Vec<LotSpe
     lots
 }
 
+/// The start of a statement that also records the Stripe event behind an entry: a
+/// `recorded` CTE on placeholders `$1`–`$4` (nothing when `$1`, the event id, is NULL),
+/// ending in a comma so that the statement's own CTEs follow.
+macro_rules! recorded_cte {
+    () => {
+        "WITH recorded AS ( \
+             INSERT INTO stripe_events (event_id, event_type, object_id, outcome) \
+             SELECT $1, $2, $3, $4 WHERE $1 IS NOT NULL \
+             ON CONFLICT DO NOTHING), "
+    };
+}
+
+/// `sql` (which starts with `recorded_cte!()`) with `record` bound to `$1`–`$4`; the
+/// statement's own binds follow from `$5`.
+fn with_recorded<'r>(
+    sql: &'static str,
+    record: Option<&Record<'r>>,
+) -> Prepared<impl Binds + Send + Sync + 'r> {
+    super::prepared::prepared(sql)
+        .bind::<Nullable<Text>, _>(record.map(|r| r.event_id))
+        .bind::<Nullable<Text>, _>(record.map(|r| r.event_type))
+        .bind::<Nullable<Text>, _>(record.and_then(|r| r.object_id))
+        .bind::<Nullable<Text>, _>(record.map(|r| r.outcome))
+}
+
 /// The lots a positive entry creates, its credit event (`event`) and the record of the
 /// Stripe event behind it when there is one, in one statement: one round trip, and one
 /// statement for PostgreSQL to run instead of three.
@@ -70,20 +96,20 @@ pub(super) async fn create_and_announce(
             .unzip();
     // A data-modifying WITH runs whether or not the rest reads it; no lots (the whole
     // delta paid back a negative balance) is an empty unnest.
-    super::prepared::prepared(
-        "WITH created AS ( \
+    with_recorded(
+        concat!(
+            recorded_cte!(),
+            "created AS ( \
              INSERT INTO credit_lots (account, user_id, entry_id, stripe_session_id, \
                     credits, remaining, expires_at) \
-             SELECT $1, $2, $3, $4, l.credits, l.credits, l.expires_at \
-               FROM unnest($5::int8[], $6::timestamptz[]) WITH ORDINALITY \
+             SELECT $5, $6, $7, $8, l.credits, l.credits, l.expires_at \
+               FROM unnest($9::int8[], $10::timestamptz[]) WITH ORDINALITY \
                     AS l (credits, expires_at, n) \
-              ORDER BY l.n), \
-         recorded AS ( \
-             INSERT INTO stripe_events (event_id, event_type, object_id, outcome) \
-             SELECT $11, $12, $13, $14 WHERE $11 IS NOT NULL \
-             ON CONFLICT DO NOTHING) \
+              ORDER BY l.n) \
          INSERT INTO credit_events (event_id, routing_key, account, user_id, sequence, payload) \
-         VALUES ($7, $8, $1, $2, $9, $10)",
+         VALUES ($11, $12, $5, $6, $13, $14)",
+        ),
+        record,
     )
     .bind::<Text, _>(entry.account)
     .bind::<Text, _>(entry.user_id)
@@ -95,10 +121,6 @@ pub(super) async fn create_and_announce(
     .bind::<Text, _>(&event.routing_key)
     .bind::<BigInt, _>(event.sequence)
     .bind::<Jsonb, _>(&event.payload)
-    .bind::<Nullable<Text>, _>(record.map(|r| r.event_id))
-    .bind::<Nullable<Text>, _>(record.map(|r| r.event_type))
-    .bind::<Nullable<Text>, _>(record.and_then(|r| r.object_id))
-    .bind::<Nullable<Text>, _>(record.map(|r| r.outcome))
     .execute(&mut { conn })
     .await?;
     Ok(())
@@ -116,23 +138,23 @@ pub(super) async fn consume_and_announce(
     event: &EntryRow,
     record: Option<&Record<'_>>,
 ) -> QueryResult<()> {
-    super::prepared::prepared(
-        "WITH ordered AS ( \
+    with_recorded(
+        concat!(
+            recorded_cte!(),
+            "ordered AS ( \
              SELECT id, remaining, \
-                    sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $3, false) DESC, \
+                    sum(remaining) OVER (ORDER BY COALESCE(stripe_session_id = $7, false) DESC, \
                                          expires_at ASC NULLS LAST, id) - remaining AS before \
-               FROM credit_lots WHERE account = $1 AND user_id = $2 AND remaining > 0), \
+               FROM credit_lots WHERE account = $5 AND user_id = $6 AND remaining > 0), \
          consumed AS ( \
              UPDATE credit_lots l \
-                SET remaining = l.remaining - LEAST(o.remaining, $4 - o.before) \
+                SET remaining = l.remaining - LEAST(o.remaining, $8 - o.before) \
                FROM ordered o \
-              WHERE l.id = o.id AND o.before < $4), \
-         recorded AS ( \
-             INSERT INTO stripe_events (event_id, event_type, object_id, outcome) \
-             SELECT $9, $10, $11, $12 WHERE $9 IS NOT NULL \
-             ON CONFLICT DO NOTHING) \
+              WHERE l.id = o.id AND o.before < $8) \
          INSERT INTO credit_events (event_id, routing_key, account, user_id, sequence, payload) \
-         VALUES ($5, $6, $1, $2, $7, $8)",
+         VALUES ($9, $10, $5, $6, $11, $12)",
+        ),
+        record,
     )
     .bind::<Text, _>(entry.account)
     .bind::<Text, _>(entry.user_id)
@@ -142,10 +164,6 @@ pub(super) async fn consume_and_announce(
     .bind::<Text, _>(&event.routing_key)
     .bind::<BigInt, _>(event.sequence)
     .bind::<Jsonb, _>(&event.payload)
-    .bind::<Nullable<Text>, _>(record.map(|r| r.event_id))
-    .bind::<Nullable<Text>, _>(record.map(|r| r.event_type))
-    .bind::<Nullable<Text>, _>(record.and_then(|r| r.object_id))
-    .bind::<Nullable<Text>, _>(record.map(|r| r.outcome))
     .execute(&mut { conn })
     .await?;
     Ok(())
