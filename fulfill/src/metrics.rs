@@ -70,6 +70,9 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     pub dead_letters: Family<KindLabels, Counter>,
     pub requeued: Counter,
+    /// Sessions written by one ledger transaction (group commit).
+    pub transaction_sessions: Histogram,
+    pub group_retries: Counter,
     pub in_flight: Gauge,
     pub reconcile_healed: Counter,
     pub broker_connected: Gauge,
@@ -153,6 +156,18 @@ impl Metrics {
             "requeued",
             "Messages sent to the retry queue after a transient failure",
             requeued.clone(),
+        );
+        let transaction_sessions = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0]);
+        registry.register(
+            "transaction_sessions",
+            "Sessions written by one ledger transaction (more than one while deliveries converge faster than one transaction at a time can write them)",
+            transaction_sessions.clone(),
+        );
+        let group_retries = Counter::default();
+        registry.register(
+            "group_retries",
+            "Ledger transactions of several sessions that failed, whose sessions were then written one by one",
+            group_retries.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
@@ -275,6 +290,8 @@ impl Metrics {
             processing_seconds,
             dead_letters,
             requeued,
+            transaction_sessions,
+            group_retries,
             in_flight,
             reconcile_healed,
             broker_connected,

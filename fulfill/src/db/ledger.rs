@@ -273,6 +273,8 @@ impl Applied {
 
 #[derive(diesel::QueryableByName)]
 struct ComponentTotal {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    session_id: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     component: Option<String>,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -281,24 +283,36 @@ struct ComponentTotal {
     entries: i64,
 }
 
-/// Sums a session's entries by component. Entries from before components were recorded
-/// (or from an older release during a rollout) are filed by their reason.
+/// The sums by session and component. Entries from before components were recorded (or
+/// from an older release during a rollout) are filed by their reason.
+const APPLIED: &str = "SELECT stripe_session_id AS session_id, COALESCE(component, CASE reason \
+        WHEN 'purchase' THEN 'purchase' WHEN 'refund' THEN 'refund' \
+        WHEN 'dispute' THEN 'dispute' WHEN 'dispute_won' THEN 'dispute' END) AS component, \
+    COALESCE(SUM(delta), 0)::BIGINT AS total, COUNT(*)::BIGINT AS entries \
+ FROM ledger_entries WHERE stripe_session_id = ANY($1) GROUP BY 1, 2";
+
+/// Sums a session's entries by component.
 pub async fn applied(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Applied> {
-    let rows: Vec<ComponentTotal> = super::prepared::prepared(
-        "SELECT COALESCE(component, CASE reason \
-                WHEN 'purchase' THEN 'purchase' WHEN 'refund' THEN 'refund' \
-                WHEN 'dispute' THEN 'dispute' WHEN 'dispute_won' THEN 'dispute' END) AS component, \
-            COALESCE(SUM(delta), 0)::BIGINT AS total, COUNT(*)::BIGINT AS entries \
-         FROM ledger_entries WHERE stripe_session_id = $1 GROUP BY 1",
-    )
-    .bind::<diesel::sql_types::Text, _>(session_id)
-    .load(&mut { conn })
-    .await?;
-    let mut applied = Applied::default();
+    let mut all = applied_all(conn, &[session_id]).await?;
+    Ok(all.remove(session_id).unwrap_or_default())
+}
+
+/// [`applied`] for several sessions in one statement; a session without entries is
+/// absent from the map.
+pub async fn applied_all(
+    conn: &AsyncPgConnection,
+    session_ids: &[&str],
+) -> QueryResult<std::collections::HashMap<String, Applied>> {
+    let rows: Vec<ComponentTotal> = super::prepared::prepared(APPLIED)
+        .bind::<diesel::sql_types::Array<Text>, _>(session_ids)
+        .load(&mut { conn })
+        .await?;
+    let mut all = std::collections::HashMap::<String, Applied>::new();
     for row in rows {
         let Some(component) = row.component.as_deref().and_then(Component::parse) else {
             continue;
         };
+        let applied = all.entry(row.session_id).or_default();
         match component {
             Component::Purchase => {
                 applied.components.purchase = row.total;
@@ -315,5 +329,5 @@ pub async fn applied(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<
             }
         }
     }
-    Ok(applied)
+    Ok(all)
 }

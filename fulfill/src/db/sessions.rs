@@ -130,6 +130,23 @@ pub async fn lock(conn: &AsyncPgConnection, session_id: &str) -> QueryResult<Opt
         .optional()
 }
 
+/// Locks the rows of `session_ids` (sorted, no duplicates) in that order, until the
+/// caller's transaction ends; returns those that exist.
+/// Takes the connection shared so that the entries' read can be pipelined after it.
+pub async fn lock_all(
+    conn: &AsyncPgConnection,
+    session_ids: &[&str],
+) -> QueryResult<Vec<SessionRow>> {
+    // Rows are locked as the sorted scan returns them: every group locks in one order.
+    checkout_sessions::table
+        .filter(checkout_sessions::session_id.eq_any(session_ids))
+        .order(checkout_sessions::session_id.asc())
+        .select(SessionRow::as_select())
+        .for_update()
+        .load(&mut { conn })
+        .await
+}
+
 /// Creates the row (when [`lock`] found none: the fetch lease's row is gone) and locks it
 /// until the caller's transaction ends.
 pub async fn create_and_lock(
@@ -206,54 +223,127 @@ pub struct Claim {
 /// fulfillment holds an unexpired one, and returns the row as it is after that: one
 /// statement when the lease is free (an upsert returns the latest committed row, even
 /// after waiting for another transaction's lock), two when it is held.
+///
+/// The claim is its own transaction and commits without waiting for its WAL flush
+/// (`synchronous_commit = off` for that transaction alone): a lease and a pending row are
+/// coordination, never money. Other processes see the lease at once, as with any commit;
+/// a later synchronous commit (the ledger's) flushes it along, WAL being written in
+/// order; only a server crash in between can lose it, which is a lease never taken —
+/// at worst a second fetch, which single flight allows (the later view wins). Hence
+/// refused inside a transaction, whose commit it would make asynchronous too.
 pub async fn claim_fetch(
     conn: &mut AsyncPgConnection,
     account: &str,
     session_id: &str,
     lease: std::time::Duration,
 ) -> QueryResult<Claim> {
-    // One clock reading for the lease and the returned `now`: `now` identifies the holder.
-    let claimed: Option<ClaimRow> = super::prepared::prepared(
+    let mut claims = claim_fetches(conn, &[(account, session_id)], lease).await?;
+    claims.pop().ok_or(diesel::result::Error::NotFound)
+}
+
+/// [`claim_fetch`] for several sessions (`(account, session_id)`) in one statement (two
+/// when some leases are held); the claims come back in the order asked. A session asked
+/// for twice is claimed once: the first asking holds the lease, the others find it held.
+pub async fn claim_fetches(
+    conn: &mut AsyncPgConnection,
+    asked: &[(&str, &str)],
+    lease: std::time::Duration,
+) -> QueryResult<Vec<Claim>> {
+    refuse_in_transaction(conn, "claim_fetches")?;
+    let mut unique: Vec<(&str, &str)> = Vec::with_capacity(asked.len());
+    for &(account, session_id) in asked {
+        if !unique.iter().any(|&(_, id)| id == session_id) {
+            unique.push((account, session_id));
+        }
+    }
+    let (accounts, ids): (Vec<&str>, Vec<&str>) = unique.iter().copied().unzip();
+    // One clock reading per row for its lease and its `now`: `now` identifies the holder.
+    // Rows are taken in session-id order, the order every group's transaction locks in.
+    let claimed: Vec<ClaimRow> = super::prepared::prepared(
         "INSERT INTO checkout_sessions AS s (session_id, account, state, fetch_lease_until) \
-         VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4)) \
+         SELECT q.session_id, q.account, $3, clock_timestamp() + make_interval(secs => $4) \
+         FROM unnest($1::text[], $2::text[]) AS q (session_id, account), \
+              (SELECT set_config('synchronous_commit', 'off', true)) AS lease_commits_async \
+         ORDER BY q.session_id \
          ON CONFLICT (session_id) DO UPDATE SET fetch_lease_until = EXCLUDED.fetch_lease_until \
          WHERE s.fetch_lease_until IS NULL OR s.fetch_lease_until < clock_timestamp() \
          RETURNING s.*, s.fetch_lease_until - make_interval(secs => $4) AS now, \
                    (s.xmax = 0) AS inserted",
     )
-    .bind::<diesel::sql_types::Text, _>(session_id)
-    .bind::<diesel::sql_types::Text, _>(account)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&accounts)
     .bind::<diesel::sql_types::Text, _>(SessionState::Pending.as_str())
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .get_result(conn)
-    .await
-    .optional()?;
-    if let Some(c) = claimed {
-        return Ok(Claim {
-            claimed: true,
-            row: Some(c.session),
-            inserted: c.inserted,
-            now: c.now,
-        });
+    .load(conn)
+    .await?;
+    let mut found: std::collections::HashMap<String, (ClaimRow, bool)> = claimed
+        .into_iter()
+        .map(|c| (c.session.session_id.clone(), (c, true)))
+        .collect();
+    let held: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !found.contains_key(*id))
+        .collect();
+    if !held.is_empty() {
+        let rows: Vec<ClaimRow> = super::prepared::prepared(
+            "SELECT s.*, clock_timestamp() AS now, false AS inserted \
+             FROM checkout_sessions s WHERE session_id = ANY($1)",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held)
+        .load(conn)
+        .await?;
+        found.extend(
+            rows.into_iter()
+                .map(|c| (c.session.session_id.clone(), (c, false))),
+        );
     }
-    let held: Option<ClaimRow> = super::prepared::prepared(
-        "SELECT s.*, clock_timestamp() AS now, false AS inserted \
-         FROM checkout_sessions s WHERE session_id = $1",
-    )
-    .bind::<diesel::sql_types::Text, _>(session_id)
-    .get_result(conn)
-    .await
-    .optional()?;
-    let now = match &held {
-        Some(h) => h.now,
-        None => clock(conn).await?,
+    // Every session the claims did not find (removed in between) shares one clock reading.
+    let absent_now = if ids.iter().all(|id| found.contains_key(*id)) {
+        None
+    } else {
+        Some(clock(conn).await?)
     };
-    Ok(Claim {
-        claimed: false,
-        row: held.map(|h| h.session),
-        inserted: false,
-        now,
-    })
+    let mut first = std::collections::HashSet::new();
+    Ok(asked
+        .iter()
+        .map(|&(_, session_id)| {
+            let firstly = first.insert(session_id);
+            match found.get(session_id) {
+                Some((c, claimed)) => Claim {
+                    // A second asking of the same session finds the first's lease.
+                    claimed: *claimed && firstly,
+                    row: Some(c.session.clone()),
+                    inserted: c.inserted && firstly,
+                    now: c.now,
+                },
+                None => Claim {
+                    claimed: false,
+                    row: None,
+                    inserted: false,
+                    // Read above whenever a session is absent.
+                    now: absent_now.unwrap_or_else(Utc::now),
+                },
+            }
+        })
+        .collect())
+}
+
+/// An error when `conn` is inside a transaction: for statements that set a parameter of
+/// their own (implicit) transaction.
+fn refuse_in_transaction(conn: &mut AsyncPgConnection, what: &str) -> QueryResult<()> {
+    use diesel_async::{AsyncConnection, TransactionManager};
+    let depth =
+        <AsyncPgConnection as AsyncConnection>::TransactionManager::transaction_manager_status_mut(
+            conn,
+        )
+        .transaction_depth()?;
+    match depth {
+        None => Ok(()),
+        Some(_) => Err(diesel::result::Error::QueryBuilderError(
+            format!("{what} runs as a transaction of its own, not inside one").into(),
+        )),
+    }
 }
 
 async fn clock(conn: &mut AsyncPgConnection) -> QueryResult<DateTime<Utc>> {

@@ -31,7 +31,7 @@ pub(super) type Answer = (bool, Option<SessionRow>);
 struct Ask {
     event_id: String,
     session_id: Option<String>,
-    reply: oneshot::Sender<Result<Answer, FulfillError>>,
+    reply: super::batch::Reply<Answer>,
 }
 
 pub(super) struct FirstLook {
@@ -65,9 +65,11 @@ impl FirstLook {
             reply,
         };
         if asks.send(ask).is_err() {
-            return Err(gone());
+            return Err(super::batch::gone("first-look"));
         }
-        answer.await.unwrap_or_else(|_| Err(gone()))
+        answer
+            .await
+            .unwrap_or_else(|_| Err(super::batch::gone("first-look")))
     }
 }
 
@@ -90,29 +92,5 @@ async fn answer(pool: &Pool, questions: Vec<Ask>) {
         Ok::<_, FulfillError>(sessions::first_look(&mut conn, &asked).await?)
     }
     .await;
-    match looked {
-        Ok(answers) => {
-            for (q, a) in questions.into_iter().zip(answers) {
-                let _ = q.reply.send(Ok(a));
-            }
-        }
-        Err(e) => {
-            // Each delivery fails as it would have alone: transient, retried.
-            let message = shared::telemetry::error_chain(&e);
-            for q in questions {
-                let _ = q.reply.send(Err(failed(&message)));
-            }
-        }
-    }
-}
-
-fn failed(message: &str) -> FulfillError {
-    FulfillError::Database(diesel::result::Error::DatabaseError(
-        diesel::result::DatabaseErrorKind::Unknown,
-        Box::new(message.to_owned()),
-    ))
-}
-
-fn gone() -> FulfillError {
-    failed("the first-look task is gone")
+    super::batch::reply_each(questions.into_iter().map(|q| q.reply), looked);
 }

@@ -6,7 +6,10 @@
 //! Exactly-once is the database's job: the session row is locked for the transaction,
 //! entries have unique keys, and the balance moves in the same transaction as an entry.
 
+mod batch;
 mod first_look;
+mod group_commit;
+mod leases;
 mod money;
 mod persist;
 
@@ -16,14 +19,12 @@ use std::sync::{
 };
 
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
 use shared::{
     envelope::EventEnvelope,
     event_type::{EventType, ObjectKind},
     ids::{CheckoutSessionId, EventId},
 };
-use tracing::Instrument;
 
 use self::persist::Persisted;
 use crate::{
@@ -166,10 +167,11 @@ pub struct Fulfiller {
     pool: Pool,
     stripe: StripeClient,
     metrics: Arc<Metrics>,
-    refund_policy: RefundPolicy,
     /// When (Unix seconds) an event of the other mode was last logged: once a minute.
     wrong_mode_logged: AtomicI64,
     first_look: first_look::FirstLook,
+    group_commit: group_commit::GroupCommit,
+    leases: leases::Leases,
 }
 
 /// How a convergence got its turn at the session.
@@ -189,10 +191,15 @@ impl Fulfiller {
     ) -> Self {
         Self {
             first_look: first_look::FirstLook::new(pool.clone()),
+            leases: leases::Leases::new(pool.clone()),
+            group_commit: group_commit::GroupCommit::new(
+                pool.clone(),
+                refund_policy,
+                Arc::clone(&metrics),
+            ),
             pool,
             stripe,
             metrics,
-            refund_policy,
             wrong_mode_logged: AtomicI64::new(0),
         }
     }
@@ -425,26 +432,21 @@ impl Fulfiller {
         if let Decision::Credit { user, .. } = &decision {
             span.record("user_id", user.as_str());
         }
-        let view = persist::View {
-            session: &session,
-            decision: &decision,
-            money: money.as_ref(),
+        // Written by a transaction of its own, or of a group of sessions converging now.
+        let job = group_commit::Job {
+            account: account.clone(),
+            session_id: session_id.clone(),
+            session,
+            decision,
+            money,
             started,
+            cue: cue.clone(),
+            event: event.map(|e| (e.id.clone(), e.event_type)),
+            span: span.clone(),
         };
-        let policy = self.refund_policy;
-        let mut conn = self.pool.get().await?;
-        let conn: &mut AsyncPgConnection = &mut conn;
-        let transaction = db::transaction_span();
-        let persisted = match conn
-            .transaction(async |conn: &mut AsyncPgConnection| {
-                persist::apply(conn, account, session_id, &view, cue, event, policy).await
-            })
-            .instrument(transaction.clone())
-            .await
-        {
+        let persisted = match self.group_commit.persist(job).await {
             Ok(persisted) => persisted,
             Err(e) => {
-                e.record_on(&transaction);
                 self.give_back_turn(session_id, started, false).await;
                 return Err(e);
             }
@@ -497,17 +499,20 @@ impl Fulfiller {
     ) -> Result<Turn, FulfillError> {
         let deadline = tokio::time::Instant::now() + FETCH_LEASE * 2;
         loop {
-            let mut conn = self.pool.get().await?;
+            // Taken with the leases of other deliveries asking at the same time.
             let sessions::Claim {
                 claimed,
                 row,
                 inserted,
                 now,
-            } = sessions::claim_fetch(&mut conn, account.key(), session_id.as_str(), FETCH_LEASE)
+            } = self
+                .leases
+                .claim(account.key(), session_id.as_str())
                 .await?;
             if let Some(row) = row {
                 if row.account != account.key() {
                     if claimed {
+                        let mut conn = self.pool.get().await?;
                         sessions::release_fetch(&mut conn, session_id.as_str(), now).await?;
                     }
                     same_account(&row, account)?;
@@ -517,12 +522,15 @@ impl Fulfiller {
                     // A row this claim created has nothing recorded against it yet.
                     (_, Some(e)) => {
                         row.state.settles(cue)
-                            || (!inserted && db::events::seen(&conn, e.id.as_str()).await?)
+                            || (!inserted
+                                && db::events::seen(&*self.pool.get().await?, e.id.as_str())
+                                    .await?)
                     }
                     (_, None) => row.state.settles(cue),
                 };
                 if settled {
                     if claimed {
+                        let mut conn = self.pool.get().await?;
                         sessions::release_fetch(&mut conn, session_id.as_str(), now).await?;
                     }
                     return Ok(Turn::Settled(Box::new(row)));
@@ -534,7 +542,6 @@ impl Fulfiller {
                 // `started`) matches nothing, so it never frees the holder's.
                 return Ok(Turn::Fetch { started: now });
             }
-            drop(conn);
             waiting();
             tokio::time::sleep(LEASE_POLL).await;
         }

@@ -10,7 +10,7 @@ use crate::{
     db::{
         self,
         ledger::{self, NewEntry},
-        sessions::{self, SessionState, SessionUpdate},
+        sessions::{self, SessionRow, SessionState, SessionUpdate},
     },
     domain::{
         account::Account,
@@ -42,6 +42,10 @@ pub(super) struct Persisted {
     pub newly_needs_attention: bool,
 }
 
+/// `locked`: the session's row and its entries' sums when the caller's transaction has
+/// locked the row and read them since (a group's transaction does so for all its
+/// sessions first); else both are done here.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn apply(
     conn: &mut AsyncPgConnection,
     account: &Account,
@@ -50,14 +54,20 @@ pub(super) async fn apply(
     cue: &Cue,
     event: Option<EventRef<'_>>,
     policy: RefundPolicy,
+    locked: Option<(SessionRow, ledger::Applied)>,
 ) -> Result<Persisted, FulfillError> {
     // The row lock and the session's entries in one round trip (taking the fetch lease
-    // created the row; when it is gone, create it, lock it and read again).
+    // created the row; when it is gone, create it, lock it and read again). The entries
+    // are read by a statement after the lock's, so with a snapshot taken after the lock
+    // was granted.
     let shared: &AsyncPgConnection = conn;
-    let (locked, applied) = futures_util::try_join!(
-        sessions::lock(shared, session_id.as_str()),
-        ledger::applied(shared, session_id.as_str()),
-    )?;
+    let (locked, applied) = match locked {
+        Some((row, applied)) => (Some(row), applied),
+        None => futures_util::try_join!(
+            sessions::lock(shared, session_id.as_str()),
+            ledger::applied(shared, session_id.as_str()),
+        )?,
+    };
     let (row, applied) = match locked {
         Some(row) => (row, applied),
         None => {
@@ -104,12 +114,7 @@ pub(super) async fn apply(
         cue,
         policy,
     );
-    // The user of the session's entries: who it was credited to, or who it credits now.
-    let user = match (&row.user_id, view.decision) {
-        (Some(user), _) if row.state == SessionState::Credited => Some(user.clone()),
-        (_, Decision::Credit { user, .. }) => Some(user.as_str().to_owned()),
-        (user, _) => user.clone(),
-    };
+    let user = entries_user(&row, view.decision).map(str::to_owned);
     let payment_intent = view.session.payment_intent.as_ref().map(|p| p.id());
     let mut granted = 0;
     let mut taken_back = 0;
@@ -258,6 +263,23 @@ pub(super) async fn apply(
         taken_back,
         newly_needs_attention,
     })
+}
+
+/// The user of the session's entries: who it was credited to, or who it credits now.
+pub(super) fn entries_user<'a>(row: &'a SessionRow, decision: &'a Decision) -> Option<&'a str> {
+    match (&row.user_id, decision) {
+        (Some(user), _) if row.state == SessionState::Credited => Some(user.as_str()),
+        (_, Decision::Credit { user, .. }) => Some(user.as_str()),
+        (user, _) => user.as_deref(),
+    }
+}
+
+/// The user a decision credits, if it credits one (for a session with no row yet).
+pub(super) fn decided_user(decision: &Decision) -> Option<&str> {
+    match decision {
+        Decision::Credit { user, .. } => Some(user.as_str()),
+        _ => None,
+    }
 }
 
 async fn record_event(

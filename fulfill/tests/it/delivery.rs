@@ -407,3 +407,75 @@ async fn the_first_look_probes_indexes_never_scans() {
         "{plan:#?}"
     );
 }
+
+/// The fetch leases of many deliveries in one statement: each gets its own claim, in its
+/// place; a session asked for twice is claimed once; a held lease is found held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_leases_claimed_together_answer_each_in_its_place() {
+    use diesel_async::AsyncConnection;
+    use fulfill::db::sessions;
+    let world = World::new().await;
+    let _app = world.start(&Options::default()).await; // migrates the database
+    let mut conn = world.db.connect().await;
+    let lease = Duration::from_secs(30);
+    sessions::claim_fetch(&mut conn, "", "cs_held", lease)
+        .await
+        .unwrap();
+    let claims = sessions::claim_fetches(
+        &mut conn,
+        &[
+            ("", "cs_b"),
+            ("", "cs_held"),
+            ("", "cs_a"),
+            ("", "cs_b"),
+            ("acct_1Other0000000000", "cs_c"),
+        ],
+        lease,
+    )
+    .await
+    .unwrap();
+    let got: Vec<(bool, bool, Option<String>, Option<String>)> = claims
+        .iter()
+        .map(|c| {
+            (
+                c.claimed,
+                c.inserted,
+                c.row.as_ref().map(|r| r.session_id.clone()),
+                c.row.as_ref().map(|r| r.account.clone()),
+            )
+        })
+        .collect();
+    let row = |id: &str, account: &str| (Some(id.to_owned()), Some(account.to_owned()));
+    let claim = |claimed, inserted, (id, account)| (claimed, inserted, id, account);
+    assert_eq!(
+        got,
+        [
+            claim(true, true, row("cs_b", "")),
+            claim(false, false, row("cs_held", "")),
+            claim(true, true, row("cs_a", "")),
+            // The second asking finds the first's lease.
+            claim(false, false, row("cs_b", "")),
+            claim(true, true, row("cs_c", "acct_1Other0000000000")),
+        ]
+    );
+    // Each claim's `now` is its lease's identity: the first and second askings of cs_b
+    // agree, so the second waits for exactly the first's lease.
+    assert_eq!(claims[0].now, claims[3].now);
+    // A claim commits asynchronously, so never inside a transaction (it would make the
+    // transaction's commit asynchronous too).
+    let refused = conn
+        .transaction(async |conn| {
+            sessions::claim_fetches(conn, &[("", "cs_d")], lease)
+                .await
+                .map(|_| ())
+        })
+        .await;
+    assert!(refused.is_err(), "a claim inside a transaction is refused");
+    let again = sessions::claim_fetch(&mut conn, "", "cs_d", lease)
+        .await
+        .unwrap();
+    assert!(
+        again.claimed && again.inserted,
+        "and nothing of it was kept"
+    );
+}

@@ -13,6 +13,7 @@ mod delivery;
 mod errors;
 mod expiry;
 mod failover;
+mod group_commit;
 mod helpers;
 mod migrations;
 mod modes_and_keys;

@@ -1,0 +1,288 @@
+//! Group commit: the ledger transactions of sessions that converge at the same moment
+//! share one database transaction.
+//!
+//! Convergences hand their fresh view to a few committer tasks through a channel; a
+//! committer takes whatever has gathered (at most [`MAX_GROUP`]) and writes it in one
+//! transaction, one [`persist::apply`] per session. Nobody waits to fill a group: a view
+//! handed over while a committer is free is written at once, alone, exactly as before.
+//! Views gather only while every committer is busy, which is when each would otherwise
+//! have queued for a connection anyway; then `BEGIN`, the row locks and `COMMIT` (and
+//! its WAL flush) serve the whole group instead of one session.
+//!
+//! Locks are taken in one order everywhere, so groups never deadlock with each other or
+//! with a single session's transaction: first every session row of the group, in
+//! session-id order (one statement), then the balances, the sessions applied in order of
+//! the balance row they move (account, user). A lone transaction takes its session row,
+//! then its user's balance; the spending API takes balances only.
+//!
+//! A group is all or nothing: when any session of it fails (a conflict, another
+//! account's session, a lost connection), nothing of the group is kept and each of its
+//! sessions is written again alone, in its own transaction, so that one session's error
+//! is that session's alone and the others are written as they would have been.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use shared::{
+    event_type::EventType,
+    ids::{CheckoutSessionId, EventId},
+};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::Instrument;
+
+use super::{
+    EventRef,
+    batch::gone,
+    persist::{self, Persisted, View},
+};
+use crate::{
+    db::{
+        self, Pool,
+        ledger::{self, Applied},
+        sessions,
+    },
+    domain::{
+        account::Account, credits::Decision, cue::Cue, target::MoneyView, target::RefundPolicy,
+    },
+    error::FulfillError,
+    metrics::Metrics,
+    stripe::checkout_session::CheckoutSession,
+};
+
+/// Sessions written by one transaction, at most.
+const MAX_GROUP: usize = 16;
+/// Committer tasks per process: transactions of this process in flight at once.
+const COMMITTERS: usize = 4;
+
+/// One session's fresh view, to be written.
+pub(super) struct Job {
+    pub account: Account,
+    pub session_id: CheckoutSessionId,
+    pub session: CheckoutSession,
+    pub decision: Decision,
+    pub money: Option<MoneyView>,
+    pub started: DateTime<Utc>,
+    pub cue: Cue,
+    pub event: Option<(EventId, EventType)>,
+    /// The convergence's span: the transaction's span goes below it.
+    pub span: tracing::Span,
+}
+
+impl Job {
+    fn view(&self) -> View<'_> {
+        View {
+            session: &self.session,
+            decision: &self.decision,
+            money: self.money.as_ref(),
+            started: self.started,
+        }
+    }
+
+    fn event(&self) -> Option<EventRef<'_>> {
+        self.event.as_ref().map(|(id, event_type)| EventRef {
+            id,
+            event_type: *event_type,
+        })
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AsyncPgConnection,
+        policy: RefundPolicy,
+        locked: Option<(sessions::SessionRow, Applied)>,
+    ) -> Result<Persisted, FulfillError> {
+        persist::apply(
+            conn,
+            &self.account,
+            &self.session_id,
+            &self.view(),
+            &self.cue,
+            self.event(),
+            policy,
+            locked,
+        )
+        .await
+    }
+}
+
+type Reply = super::batch::Reply<Persisted>;
+
+pub(super) struct GroupCommit {
+    pool: Pool,
+    policy: RefundPolicy,
+    metrics: Arc<Metrics>,
+    /// Started on first use, inside the runtime.
+    jobs: OnceLock<mpsc::UnboundedSender<(Job, Reply)>>,
+}
+
+impl GroupCommit {
+    pub(super) fn new(pool: Pool, policy: RefundPolicy, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pool,
+            policy,
+            metrics,
+            jobs: OnceLock::new(),
+        }
+    }
+
+    /// Writes the session's view (with others gathered meanwhile) and returns what its
+    /// transaction did, once that transaction committed.
+    pub(super) async fn persist(&self, job: Job) -> Result<Persisted, FulfillError> {
+        let jobs = self.jobs.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..COMMITTERS {
+                tokio::spawn(commit_all(
+                    self.pool.clone(),
+                    self.policy,
+                    Arc::clone(&self.metrics),
+                    Arc::clone(&rx),
+                ));
+            }
+            tx
+        });
+        let (reply, done) = oneshot::channel();
+        jobs.send((job, reply)).map_err(|_| gone("group-commit"))?;
+        done.await.unwrap_or_else(|_| Err(gone("group-commit")))
+    }
+}
+
+/// Ends when every sender is gone (the fulfiller dropped). One transaction out per
+/// committer: what is handed over meanwhile waits in the channel for a free committer.
+async fn commit_all(
+    pool: Pool,
+    policy: RefundPolicy,
+    metrics: Arc<Metrics>,
+    jobs: Arc<Mutex<mpsc::UnboundedReceiver<(Job, Reply)>>>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    loop {
+        let taken = jobs.lock().await.recv_many(&mut group, MAX_GROUP).await;
+        if taken == 0 {
+            return;
+        }
+        commit(&pool, policy, &metrics, std::mem::take(&mut group)).await;
+    }
+}
+
+async fn commit(pool: &Pool, policy: RefundPolicy, metrics: &Metrics, group: Vec<(Job, Reply)>) {
+    if group.len() > 1 {
+        let spans: Vec<tracing::Span> = group
+            .iter()
+            .map(|(job, _)| job.span.in_scope(db::transaction_span))
+            .collect();
+        let jobs: Vec<&Job> = group.iter().map(|(job, _)| job).collect();
+        match together(pool, policy, &jobs, &spans).await {
+            Ok(written) => {
+                metrics.transaction_sessions.observe(written.len() as f64);
+                for ((_, reply), persisted) in group.into_iter().zip(written) {
+                    let _ = reply.send(Ok(persisted));
+                }
+                return;
+            }
+            Err(e) => {
+                for span in &spans {
+                    e.record_on(span);
+                }
+                metrics.group_retries.inc();
+                tracing::debug!(error = %e, sessions = group.len(), "a group's transaction failed; writing its sessions one by one");
+            }
+        }
+    }
+    // Alone: one at a time, or each of a failed group (concurrently, a connection each).
+    let alone = group.into_iter().map(|(job, reply)| async move {
+        let written = alone(pool, policy, &job).await;
+        if written.is_ok() {
+            metrics.transaction_sessions.observe(1.0);
+        }
+        let _ = reply.send(written);
+    });
+    futures_util::future::join_all(alone).await;
+}
+
+/// One session, one transaction (as before group commit).
+async fn alone(pool: &Pool, policy: RefundPolicy, job: &Job) -> Result<Persisted, FulfillError> {
+    let transaction = job.span.in_scope(db::transaction_span);
+    let written = async {
+        let mut conn = pool.get().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        conn.transaction(async |conn: &mut AsyncPgConnection| job.apply(conn, policy, None).await)
+            .await
+    }
+    .instrument(transaction.clone())
+    .await;
+    if let Err(e) = &written {
+        e.record_on(&transaction);
+    }
+    written
+}
+
+/// Several sessions, one transaction: every session row locked first (in session-id
+/// order), then each session applied in the order of the balance it moves. Returns the
+/// sessions' results in `jobs`' order, or the first error (and nothing is kept).
+async fn together(
+    pool: &Pool,
+    policy: RefundPolicy,
+    jobs: &[&Job],
+    spans: &[tracing::Span],
+) -> Result<Vec<Persisted>, FulfillError> {
+    let mut conn = pool.get().await?;
+    let conn: &mut AsyncPgConnection = &mut conn;
+    conn.transaction(async |conn: &mut AsyncPgConnection| {
+        let mut ids: Vec<&str> = jobs.iter().map(|j| j.session_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // The rows locked, then their entries read (a statement after the lock's, so
+        // with a snapshot from after every lock was granted): one round trip.
+        let shared: &AsyncPgConnection = conn;
+        let (rows, mut applied) = futures_util::try_join!(
+            sessions::lock_all(shared, &ids),
+            ledger::applied_all(shared, &ids),
+        )?;
+        let mut locked: HashMap<String, sessions::SessionRow> = rows
+            .into_iter()
+            .map(|row| (row.session_id.clone(), row))
+            .collect();
+        let order = apply_order(jobs, &locked);
+        let mut written: Vec<Option<Persisted>> = jobs.iter().map(|_| None).collect();
+        for i in order {
+            let job = jobs[i];
+            // A session twice in the group: the second application locks and reads
+            // again (and sees the first's writes, in the same transaction).
+            let id = job.session_id.as_str();
+            let read = locked
+                .remove(id)
+                .map(|row| (row, applied.remove(id).unwrap_or_default()));
+            let persisted = job
+                .apply(conn, policy, read)
+                .instrument(spans[i].clone())
+                .await?;
+            written[i] = Some(persisted);
+        }
+        Ok(written.into_iter().flatten().collect())
+    })
+    .await
+}
+
+/// The order to apply a group's sessions in: by the balance row each one's entries move
+/// (account, then user; a session without a user first), then by session id.
+fn apply_order(jobs: &[&Job], locked: &HashMap<String, sessions::SessionRow>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_cached_key(|&i| {
+        let job = jobs[i];
+        let user = locked
+            .get(job.session_id.as_str())
+            .and_then(|row| persist::entries_user(row, &job.decision))
+            .or_else(|| persist::decided_user(&job.decision));
+        (
+            job.account.key().to_owned(),
+            user.map(str::to_owned),
+            job.session_id.as_str().to_owned(),
+        )
+    });
+    order
+}
