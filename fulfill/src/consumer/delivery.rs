@@ -14,7 +14,7 @@ use lapin::{
 };
 use shared::{
     amqp::{self, headers},
-    telemetry::{self, propagation},
+    telemetry::{self, KeyValue, propagation},
 };
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -64,14 +64,6 @@ fn consumer_span(
         otel.name = %format_args!("process {queue}"),
         otel.kind = "consumer",
         otel.status_code = Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %queue,
-        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
-        messaging.message.id = message_id,
-        messaging.message.body.size = delivery.data.len(),
         error.type = Empty,
         event_id = message_id,
         event_type,
@@ -83,6 +75,30 @@ fn consumer_span(
     // Without an exporter there is no layer to take the parent; nothing to do then.
     let _ = span.set_parent(propagation::extract(delivery.properties.headers().as_ref()));
     telemetry::record_trace_ids(&span);
+    // The semantic conventions' attributes go to the exported span only: as tracing
+    // fields the log layer would format them for every delivery, logged or not.
+    telemetry::set_attributes(&span, || {
+        [
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.destination.name", queue.clone()),
+            KeyValue::new(
+                "messaging.rabbitmq.destination.routing_key",
+                delivery.routing_key.to_string(),
+            ),
+            KeyValue::new(
+                "messaging.rabbitmq.message.delivery_tag",
+                i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new(
+                "messaging.message.body.size",
+                i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
+            ),
+        ]
+        .into_iter()
+        .chain(message_id.map(|id| KeyValue::new("messaging.message.id", id.to_owned())))
+    });
     span
 }
 

@@ -48,13 +48,20 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// gets status ERROR from its caller ([`crate::error::FulfillError::record_on`]).
 /// <https://opentelemetry.io/docs/specs/semconv/database/database-spans/>
 pub fn transaction_span() -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "db.transaction",
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        db.system.name = "postgresql",
         error.type = tracing::field::Empty,
-    )
+    );
+    // For the trace backend only (the log layer would format it for every transaction).
+    shared::telemetry::set_attributes(&span, || {
+        [shared::telemetry::KeyValue::new(
+            "db.system.name",
+            "postgresql",
+        )]
+    });
+    span
 }
 
 /// Whether the database answers (readiness).

@@ -56,7 +56,7 @@ use crate::{
 /// Sessions written by one transaction, at most.
 const MAX_GROUP: usize = 16;
 /// Committer tasks per process: transactions of this process in flight at once.
-const COMMITTERS: usize = 4;
+const COMMITTERS: usize = 2;
 
 /// One session's fresh view, to be written.
 pub(super) struct Job {
