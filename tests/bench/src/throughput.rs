@@ -7,7 +7,8 @@
 //!    they wait in the queue; then two fulfill processes with default settings start
 //!    (`STRIPE_RATE_LIMIT=100000`). Timed from the first purchase entry's commit to the
 //!    last's.
-//! 3. **settled redeliveries/s**: both processes stop, the same events are posted again,
+//! 3. **settled redeliveries/s**: once every credit event is announced, both processes
+//!    stop, the same events are posted again,
 //!    two processes start and drain them (each answered from the database, no Stripe
 //!    call). Timed from the first handled event to the last, from their `/metrics`.
 //! 4. **round trips**: the same flow on a private PostgreSQL with `pg_stat_statements`,
@@ -224,6 +225,15 @@ async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
     };
     let stats = stack.stripe.stats();
     let calls = stats.session_fetches + stats.line_item_pages + stats.other_fetches;
+    // The credit events still to announce are announced before the redeliveries come, so
+    // that the settled figure is the redeliveries' alone (not the outbox relay's backlog).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while outbox_pending(&db).await? > 0 {
+        if Instant::now() > deadline {
+            bail!("credit events still unannounced after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     fulfills.stop();
 
     // The same events again: every one settled, answered from the database.
