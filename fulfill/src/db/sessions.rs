@@ -280,11 +280,16 @@ pub async fn claim_fetches(
         .into_iter()
         .map(|c| (c.session.session_id.clone(), (c, true)))
         .collect();
+    // Read again: the sessions whose lease is held, and those asked more than once (a
+    // later asking finds the first's lease, and gets a clock reading of its own: `now` is
+    // the first's lease identity, never to be shared).
+    let asked_twice = |id: &str| asked.iter().filter(|&&(_, s)| s == id).count() > 1;
     let held: Vec<&str> = ids
         .iter()
         .copied()
-        .filter(|id| !found.contains_key(*id))
+        .filter(|id| !found.contains_key(*id) || asked_twice(id))
         .collect();
+    let mut again: std::collections::HashMap<String, ClaimRow> = std::collections::HashMap::new();
     if !held.is_empty() {
         let rows: Vec<ClaimRow> = super::prepared::prepared(
             "SELECT s.*, clock_timestamp() AS now, false AS inserted \
@@ -293,10 +298,17 @@ pub async fn claim_fetches(
         .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held)
         .load(conn)
         .await?;
-        found.extend(
-            rows.into_iter()
-                .map(|c| (c.session.session_id.clone(), (c, false))),
-        );
+        for c in rows {
+            let id = c.session.session_id.clone();
+            match found.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    again.insert(e.key().clone(), c);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((c, false));
+                }
+            }
+        }
     }
     // Every session the claims did not find (removed in between) shares one clock reading.
     let absent_now = if ids.iter().all(|id| found.contains_key(*id)) {
@@ -309,15 +321,22 @@ pub async fn claim_fetches(
         .iter()
         .map(|&(_, session_id)| {
             let firstly = first.insert(session_id);
-            match found.get(session_id) {
-                Some((c, claimed)) => Claim {
-                    // A second asking of the same session finds the first's lease.
+            let later = (!firstly).then(|| again.get(session_id)).flatten();
+            match (later, found.get(session_id)) {
+                // A later asking of a session the first asking claimed: held.
+                (Some(c), _) => Claim {
+                    claimed: false,
+                    row: Some(c.session.clone()),
+                    inserted: false,
+                    now: c.now,
+                },
+                (None, Some((c, claimed))) => Claim {
                     claimed: *claimed && firstly,
                     row: Some(c.session.clone()),
                     inserted: c.inserted && firstly,
                     now: c.now,
                 },
-                None => Claim {
+                (None, None) => Claim {
                     claimed: false,
                     row: None,
                     inserted: false,

@@ -17,8 +17,11 @@
 //!
 //! A group is all or nothing: when any session of it fails (a conflict, another
 //! account's session, a lost connection), nothing of the group is kept and each of its
-//! sessions is written again alone, in its own transaction, so that one session's error
-//! is that session's alone and the others are written as they would have been.
+//! sessions is written again alone, one after the other in transactions of their own
+//! (a committer holds one connection at a time), so that one session's error is that
+//! session's alone and the others are written as they would have been. A session whose
+//! row is gone (its lease's row removed in between) is written alone too, after the
+//! group: its row is created and locked by its own transaction, in lock order.
 
 use std::{
     collections::HashMap,
@@ -170,38 +173,63 @@ async fn commit_all(
 }
 
 async fn commit(pool: &Pool, policy: RefundPolicy, metrics: &Metrics, group: Vec<(Job, Reply)>) {
-    if group.len() > 1 {
-        let spans: Vec<tracing::Span> = group
-            .iter()
-            .map(|(job, _)| job.span.in_scope(db::transaction_span))
-            .collect();
-        let jobs: Vec<&Job> = group.iter().map(|(job, _)| job).collect();
-        match together(pool, policy, &jobs, &spans).await {
-            Ok(written) => {
-                metrics.transaction_sessions.observe(written.len() as f64);
-                for ((_, reply), persisted) in group.into_iter().zip(written) {
-                    let _ = reply.send(Ok(persisted));
-                }
-                return;
+    if group.len() == 1 {
+        write_alone(pool, policy, metrics, group).await;
+        return;
+    }
+    let spans: Vec<tracing::Span> = group
+        .iter()
+        .map(|(job, _)| job.span.in_scope(db::transaction_span))
+        .collect();
+    let jobs: Vec<&Job> = group.iter().map(|(job, _)| job).collect();
+    let outcome = together(pool, policy, &jobs, &spans).await;
+    drop(jobs);
+    match outcome {
+        Ok(written) => {
+            let n = written.iter().filter(|w| w.is_some()).count();
+            if n > 0 {
+                metrics.transaction_sessions.observe(n as f64);
             }
-            Err(e) => {
-                for span in &spans {
-                    e.record_on(span);
+            drop(spans);
+            let mut rest = Vec::new();
+            for ((job, reply), persisted) in group.into_iter().zip(written) {
+                match persisted {
+                    Some(persisted) => {
+                        let _ = reply.send(Ok(persisted));
+                    }
+                    None => rest.push((job, reply)),
                 }
-                metrics.group_retries.inc();
-                tracing::debug!(error = %e, sessions = group.len(), "a group's transaction failed; writing its sessions one by one");
             }
+            write_alone(pool, policy, metrics, rest).await;
+        }
+        Err((failed, e)) => {
+            // The error is the failing session's; the others' work was only undone.
+            match failed {
+                Some(i) => e.record_on(&spans[i]),
+                None => spans.iter().for_each(|span| e.record_on(span)),
+            }
+            drop(spans);
+            metrics.group_retries.inc();
+            tracing::debug!(error = %e, sessions = group.len(), "a group's transaction failed; writing its sessions one by one");
+            write_alone(pool, policy, metrics, group).await;
         }
     }
-    // Alone: one at a time, or each of a failed group (concurrently, a connection each).
-    let alone = group.into_iter().map(|(job, reply)| async move {
+}
+
+/// Each job in a transaction of its own, one after the other (a connection at a time).
+async fn write_alone(
+    pool: &Pool,
+    policy: RefundPolicy,
+    metrics: &Metrics,
+    jobs: Vec<(Job, Reply)>,
+) {
+    for (job, reply) in jobs {
         let written = alone(pool, policy, &job).await;
         if written.is_ok() {
             metrics.transaction_sessions.observe(1.0);
         }
         let _ = reply.send(written);
-    });
-    futures_util::future::join_all(alone).await;
+    }
 }
 
 /// One session, one transaction (as before group commit).
@@ -222,50 +250,68 @@ async fn alone(pool: &Pool, policy: RefundPolicy, job: &Job) -> Result<Persisted
 }
 
 /// Several sessions, one transaction: every session row locked first (in session-id
-/// order), then each session applied in the order of the balance it moves. Returns the
-/// sessions' results in `jobs`' order, or the first error (and nothing is kept).
+/// order), then each session applied in the order of the balance it moves. Returns each
+/// session's result in `jobs`' order, `None` for a session whose row was gone (it is
+/// written alone: creating its row here would take a row lock out of order); or the
+/// error, with the failing session when it was one's, and nothing is kept.
 async fn together(
     pool: &Pool,
     policy: RefundPolicy,
     jobs: &[&Job],
     spans: &[tracing::Span],
-) -> Result<Vec<Persisted>, FulfillError> {
-    let mut conn = pool.get().await?;
-    let conn: &mut AsyncPgConnection = &mut conn;
-    conn.transaction(async |conn: &mut AsyncPgConnection| {
-        let mut ids: Vec<&str> = jobs.iter().map(|j| j.session_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        // The rows locked, then their entries read (a statement after the lock's, so
-        // with a snapshot from after every lock was granted): one round trip.
-        let shared: &AsyncPgConnection = conn;
-        let (rows, mut applied) = futures_util::try_join!(
-            sessions::lock_all(shared, &ids),
-            ledger::applied_all(shared, &ids),
-        )?;
-        let mut locked: HashMap<String, sessions::SessionRow> = rows
-            .into_iter()
-            .map(|row| (row.session_id.clone(), row))
-            .collect();
-        let order = apply_order(jobs, &locked);
-        let mut written: Vec<Option<Persisted>> = jobs.iter().map(|_| None).collect();
-        for i in order {
-            let job = jobs[i];
-            // A session twice in the group: the second application locks and reads
-            // again (and sees the first's writes, in the same transaction).
-            let id = job.session_id.as_str();
-            let read = locked
-                .remove(id)
-                .map(|row| (row, applied.remove(id).unwrap_or_default()));
-            let persisted = job
-                .apply(conn, policy, read)
-                .instrument(spans[i].clone())
-                .await?;
-            written[i] = Some(persisted);
-        }
-        Ok(written.into_iter().flatten().collect())
-    })
-    .await
+) -> Result<Vec<Option<Persisted>>, (Option<usize>, FulfillError)> {
+    let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let written = async {
+        let mut conn = pool.get().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        conn.transaction(async |conn: &mut AsyncPgConnection| {
+            let mut ids: Vec<&str> = jobs.iter().map(|j| j.session_id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            // The rows locked, then their entries read (a statement after the lock's, so
+            // with a snapshot from after every lock was granted): one round trip.
+            let shared: &AsyncPgConnection = conn;
+            let (rows, mut applied) = futures_util::try_join!(
+                sessions::lock_all(shared, &ids),
+                ledger::applied_all(shared, &ids),
+            )?;
+            let mut locked: HashMap<String, sessions::SessionRow> = rows
+                .into_iter()
+                .map(|row| (row.session_id.clone(), row))
+                .collect();
+            let present: std::collections::HashSet<String> = locked.keys().cloned().collect();
+            let order = apply_order(jobs, &locked);
+            let mut written: Vec<Option<Persisted>> = jobs.iter().map(|_| None).collect();
+            for i in order {
+                let job = jobs[i];
+                let id = job.session_id.as_str();
+                if !present.contains(id) {
+                    continue;
+                }
+                // A session twice in the group: the second application locks and reads
+                // again (and sees the first's writes, in the same transaction).
+                let read = locked
+                    .remove(id)
+                    .map(|row| (row, applied.remove(id).unwrap_or_default()));
+                match job
+                    .apply(conn, policy, read)
+                    .instrument(spans[i].clone())
+                    .await
+                {
+                    Ok(persisted) => written[i] = Some(persisted),
+                    Err(e) => {
+                        failed.store(i, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(written)
+        })
+        .await
+    }
+    .await;
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    written.map_err(|e| ((failed != usize::MAX).then_some(failed), e))
 }
 
 /// The order to apply a group's sessions in: by the balance row each one's entries move

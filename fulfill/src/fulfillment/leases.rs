@@ -81,17 +81,36 @@ async fn claim_all(pool: Pool, asks: Arc<Mutex<mpsc::UnboundedReceiver<Ask>>>) {
     }
 }
 
-async fn claim(pool: &Pool, asks: Vec<Ask>) {
+async fn claim(pool: &Pool, mut asks: Vec<Ask>) {
+    // An asker that is gone (its caller dropped: a success page's client that left)
+    // claims nothing: its lease would only hold others up until it expired.
+    asks.retain(|a| !a.reply.is_closed());
+    if asks.is_empty() {
+        return;
+    }
     let claimed = async {
         let mut conn = pool.get().await?;
         let asked: Vec<(&str, &str)> = asks
             .iter()
             .map(|a| (a.account.as_str(), a.session_id.as_str()))
             .collect();
-        Ok::<_, FulfillError>(
-            sessions::claim_fetches(&mut conn, &asked, sessions::FETCH_LEASE).await?,
-        )
+        let claims = sessions::claim_fetches(&mut conn, &asked, sessions::FETCH_LEASE).await?;
+        Ok::<_, FulfillError>((conn, claims))
     }
     .await;
-    super::batch::reply_each(asks.into_iter().map(|a| a.reply), claimed);
+    match claimed {
+        Ok((mut conn, claims)) => {
+            for (ask, claim) in asks.into_iter().zip(claims) {
+                let (claimed, now) = (claim.claimed, claim.now);
+                // One that left meanwhile gives its lease back at once (best effort: it
+                // expires anyway).
+                if ask.reply.send(Ok(claim)).is_err() && claimed {
+                    let _ = sessions::release_fetch(&mut conn, &ask.session_id, now).await;
+                }
+            }
+        }
+        Err(e) => {
+            super::batch::reply_each(asks.into_iter().map(|a| a.reply), Err::<Vec<Claim>, _>(e))
+        }
+    }
 }
