@@ -12,8 +12,9 @@
 //! Locks are taken in one order everywhere, so groups never deadlock with each other or
 //! with a single session's transaction: first every session row of the group, in
 //! session-id order (one statement), then the balances, the sessions applied in order of
-//! the balance row they move (account, user). A lone transaction takes its session row,
-//! then its user's balance; the spending API takes balances only.
+//! the balance row they move (account, user), each balance before its user's lots. A
+//! lone transaction takes its session row, then its user's balance; the spending API and
+//! expiry take no session row, only balances and then their lots.
 //!
 //! A group is all or nothing: when any session of it fails (a conflict, another
 //! account's session, a lost connection), nothing of the group is kept and each of its
