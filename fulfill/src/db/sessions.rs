@@ -1,5 +1,7 @@
 //! What fulfill knows of each Checkout Session: its state, and why it needs attention.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use diesel::{
     AsChangeset, BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl,
@@ -276,67 +278,64 @@ pub async fn claim_fetches(
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
     .load(conn)
     .await?;
-    let mut found: std::collections::HashMap<String, (ClaimRow, bool)> = claimed
-        .into_iter()
-        .map(|c| (c.session.session_id.clone(), (c, true)))
-        .collect();
+    let by_id = |rows: Vec<ClaimRow>| -> HashMap<String, ClaimRow> {
+        rows.into_iter()
+            .map(|c| (c.session.session_id.clone(), c))
+            .collect()
+    };
+    let claimed = by_id(claimed);
     // Read again: the sessions whose lease is held, and those asked more than once (a
     // later asking finds the first's lease, and gets a clock reading of its own: `now` is
     // the first's lease identity, never to be shared).
-    let asked_twice = |id: &str| asked.iter().filter(|&&(_, s)| s == id).count() > 1;
-    let held: Vec<&str> = ids
+    let mut askings: HashMap<&str, usize> = HashMap::new();
+    for &(_, id) in asked {
+        *askings.entry(id).or_default() += 1;
+    }
+    let again: Vec<&str> = ids
         .iter()
         .copied()
-        .filter(|id| !found.contains_key(*id) || asked_twice(id))
+        .filter(|id| !claimed.contains_key(*id) || askings[id] > 1)
         .collect();
-    let mut again: std::collections::HashMap<String, ClaimRow> = std::collections::HashMap::new();
-    if !held.is_empty() {
-        let rows: Vec<ClaimRow> = super::prepared::prepared(
-            "SELECT s.*, clock_timestamp() AS now, false AS inserted \
-             FROM checkout_sessions s WHERE session_id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held)
-        .load(conn)
-        .await?;
-        for c in rows {
-            let id = c.session.session_id.clone();
-            match found.entry(id) {
-                std::collections::hash_map::Entry::Occupied(e) => {
-                    again.insert(e.key().clone(), c);
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert((c, false));
-                }
-            }
-        }
-    }
-    // Every session the claims did not find (removed in between) shares one clock reading.
-    let absent_now = if ids.iter().all(|id| found.contains_key(*id)) {
-        None
+    let reread = if again.is_empty() {
+        HashMap::new()
     } else {
-        Some(clock(conn).await?)
+        by_id(
+            super::prepared::prepared(
+                "SELECT s.*, clock_timestamp() AS now, false AS inserted \
+                 FROM checkout_sessions s WHERE session_id = ANY($1)",
+            )
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&again)
+            .load(conn)
+            .await?,
+        )
     };
-    let mut first = std::collections::HashSet::new();
+    // Every asking neither read answers (its row removed in between) shares one clock
+    // reading.
+    let unanswered =
+        |id: &&str| !reread.contains_key(*id) && (!claimed.contains_key(*id) || askings[id] > 1);
+    let absent_now = if ids.iter().any(unanswered) {
+        Some(clock(conn).await?)
+    } else {
+        None
+    };
+    let mut first = HashSet::new();
     Ok(asked
         .iter()
         .map(|&(_, session_id)| {
-            let firstly = first.insert(session_id);
-            let later = (!firstly).then(|| again.get(session_id)).flatten();
-            match (later, found.get(session_id)) {
-                // A later asking of a session the first asking claimed: held.
-                (Some(c), _) => Claim {
-                    claimed: false,
+            // Only the first asking holds a lease it claimed; the others find it held.
+            let holder = first.insert(session_id).then(|| claimed.get(session_id));
+            match holder
+                .flatten()
+                .map(|c| (c, true))
+                .or_else(|| reread.get(session_id).map(|c| (c, false)))
+            {
+                Some((c, held_by_this)) => Claim {
+                    claimed: held_by_this,
                     row: Some(c.session.clone()),
-                    inserted: false,
+                    inserted: held_by_this && c.inserted,
                     now: c.now,
                 },
-                (None, Some((c, claimed))) => Claim {
-                    claimed: *claimed && firstly,
-                    row: Some(c.session.clone()),
-                    inserted: c.inserted && firstly,
-                    now: c.now,
-                },
-                (None, None) => Claim {
+                None => Claim {
                     claimed: false,
                     row: None,
                     inserted: false,

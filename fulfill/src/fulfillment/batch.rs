@@ -1,12 +1,82 @@
 //! What the batching tasks of a fulfiller (the first look, the fetch leases, group
-//! commit) share: answering each asker of a batch, and the error an asker gets when its
-//! batch failed or the task is gone.
+//! commit) share: a few tasks that each take whatever asks gathered while they were
+//! busy and handle them as one batch, answering each asker.
+//!
+//! Nobody waits to fill a batch: an ask made while a task is free is handled at once,
+//! alone. Asks gather only while every task is busy, which is when each would otherwise
+//! have queued anyway.
 
-use tokio::sync::oneshot;
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+};
+
+use futures_util::{FutureExt, future::BoxFuture};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::FulfillError;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, FulfillError>>;
+
+/// The asks waiting, shared by a batcher's tasks.
+type Asks<Q, A> = Arc<Mutex<mpsc::UnboundedReceiver<(Q, Reply<A>)>>>;
+
+type Handler<Q, A> = Arc<dyn Fn(Vec<(Q, Reply<A>)>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Asks of type `Q`, answered with `A` by `tasks` tasks, at most `max` asks a batch.
+pub(super) struct Batcher<Q, A> {
+    /// What the tasks do, for the error of an asker they left.
+    name: &'static str,
+    tasks: usize,
+    max: usize,
+    handle: Handler<Q, A>,
+    /// Started on first use, inside the runtime; the tasks end when this is dropped.
+    asks: OnceLock<mpsc::UnboundedSender<(Q, Reply<A>)>>,
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+    /// `handle` gets each batch with its askers' replies, and must answer each one.
+    pub(super) fn new<F, Fut>(name: &'static str, tasks: usize, max: usize, handle: F) -> Self
+    where
+        F: Fn(Vec<(Q, Reply<A>)>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            name,
+            tasks: tasks.max(1),
+            max,
+            handle: Arc::new(move |batch| handle(batch).boxed()),
+            asks: OnceLock::new(),
+        }
+    }
+
+    /// Hands `ask` over and waits for its answer.
+    pub(super) async fn ask(&self, ask: Q) -> Result<A, FulfillError> {
+        let asks = self.asks.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..self.tasks {
+                tokio::spawn(serve(Arc::clone(&rx), self.max, Arc::clone(&self.handle)));
+            }
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        asks.send((ask, reply)).map_err(|_| gone(self.name))?;
+        answer.await.unwrap_or_else(|_| Err(gone(self.name)))
+    }
+}
+
+/// One task: a batch at a time. Ends when every sender is gone (the fulfiller dropped).
+async fn serve<Q, A>(asks: Asks<Q, A>, max: usize, handle: Handler<Q, A>) {
+    let mut batch = Vec::with_capacity(max);
+    loop {
+        let taken = asks.lock().await.recv_many(&mut batch, max).await;
+        if taken == 0 {
+            return;
+        }
+        handle(std::mem::take(&mut batch)).await;
+    }
+}
 
 /// Sends each asker its answer, in order; when the batch's statement failed, each fails
 /// as it would have alone (a database error: transient, retried).
@@ -31,7 +101,7 @@ pub(super) fn reply_each<T>(
 
 /// What an asker gets when the task answering it is gone (the fulfiller dropped, or the
 /// runtime shutting down).
-pub(super) fn gone(task: &str) -> FulfillError {
+fn gone(task: &str) -> FulfillError {
     failed(&format!("the {task} task is gone"))
 }
 

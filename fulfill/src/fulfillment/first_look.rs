@@ -9,10 +9,7 @@
 //! redeliveries, a round trip (and its system calls on both ends) then serves a dozen
 //! deliveries instead of one.
 
-use std::sync::OnceLock;
-
-use tokio::sync::{mpsc, oneshot};
-
+use super::batch::{Batcher, Reply, reply_each};
 use crate::{
     db::{
         Pool,
@@ -31,20 +28,19 @@ pub(super) type Answer = (bool, Option<SessionRow>);
 struct Ask {
     event_id: String,
     session_id: Option<String>,
-    reply: super::batch::Reply<Answer>,
 }
 
 pub(super) struct FirstLook {
-    pool: Pool,
-    /// Started on first use, inside the runtime.
-    asks: OnceLock<mpsc::UnboundedSender<Ask>>,
+    /// One task: one statement out at a time; what is asked meanwhile goes with the next.
+    batcher: Batcher<Ask, Answer>,
 }
 
 impl FirstLook {
     pub(super) fn new(pool: Pool) -> Self {
         Self {
-            pool,
-            asks: OnceLock::new(),
+            batcher: Batcher::new("first-look", 1, MAX_BATCH, move |questions| {
+                answer(pool.clone(), questions)
+            }),
         }
     }
 
@@ -53,44 +49,24 @@ impl FirstLook {
         event_id: &str,
         session_id: Option<&str>,
     ) -> Result<Answer, FulfillError> {
-        let asks = self.asks.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(answer_all(self.pool.clone(), rx));
-            tx
-        });
-        let (reply, answer) = oneshot::channel();
-        let ask = Ask {
-            event_id: event_id.to_owned(),
-            session_id: session_id.map(str::to_owned),
-            reply,
-        };
-        if asks.send(ask).is_err() {
-            return Err(super::batch::gone("first-look"));
-        }
-        answer
+        self.batcher
+            .ask(Ask {
+                event_id: event_id.to_owned(),
+                session_id: session_id.map(str::to_owned),
+            })
             .await
-            .unwrap_or_else(|_| Err(super::batch::gone("first-look")))
     }
 }
 
-/// Ends when every sender is gone (the fulfiller dropped). One statement out at a time:
-/// what is asked meanwhile waits in the channel and goes with the next one.
-async fn answer_all(pool: Pool, mut asks: mpsc::UnboundedReceiver<Ask>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while asks.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        answer(&pool, std::mem::take(&mut batch)).await;
-    }
-}
-
-async fn answer(pool: &Pool, questions: Vec<Ask>) {
+async fn answer(pool: Pool, questions: Vec<(Ask, Reply<Answer>)>) {
     let looked = async {
         let mut conn = pool.get().await?;
         let asked: Vec<(&str, Option<&str>)> = questions
             .iter()
-            .map(|q| (q.event_id.as_str(), q.session_id.as_deref()))
+            .map(|(q, _)| (q.event_id.as_str(), q.session_id.as_deref()))
             .collect();
         Ok::<_, FulfillError>(sessions::first_look(&mut conn, &asked).await?)
     }
     .await;
-    super::batch::reply_each(questions.into_iter().map(|q| q.reply), looked);
+    reply_each(questions.into_iter().map(|(_, reply)| reply), looked);
 }

@@ -24,10 +24,7 @@
 //! row is gone (its lease's row removed in between) is written alone too, after the
 //! group: its row is created and locked by its own transaction, in lock order.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -35,12 +32,11 @@ use shared::{
     event_type::EventType,
     ids::{CheckoutSessionId, EventId},
 };
-use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
     EventRef,
-    batch::gone,
+    batch::Batcher,
     persist::{self, Persisted, View},
 };
 use crate::{
@@ -116,60 +112,23 @@ impl Job {
 type Reply = super::batch::Reply<Persisted>;
 
 pub(super) struct GroupCommit {
-    pool: Pool,
-    policy: RefundPolicy,
-    metrics: Arc<Metrics>,
-    /// Started on first use, inside the runtime.
-    jobs: OnceLock<mpsc::UnboundedSender<(Job, Reply)>>,
+    batcher: Batcher<Job, Persisted>,
 }
 
 impl GroupCommit {
     pub(super) fn new(pool: Pool, policy: RefundPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
-            pool,
-            policy,
-            metrics,
-            jobs: OnceLock::new(),
+            batcher: Batcher::new("group-commit", COMMITTERS, MAX_GROUP, move |group| {
+                let (pool, metrics) = (pool.clone(), Arc::clone(&metrics));
+                async move { commit(&pool, policy, &metrics, group).await }
+            }),
         }
     }
 
     /// Writes the session's view (with others gathered meanwhile) and returns what its
     /// transaction did, once that transaction committed.
     pub(super) async fn persist(&self, job: Job) -> Result<Persisted, FulfillError> {
-        let jobs = self.jobs.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..COMMITTERS {
-                tokio::spawn(commit_all(
-                    self.pool.clone(),
-                    self.policy,
-                    Arc::clone(&self.metrics),
-                    Arc::clone(&rx),
-                ));
-            }
-            tx
-        });
-        let (reply, done) = oneshot::channel();
-        jobs.send((job, reply)).map_err(|_| gone("group-commit"))?;
-        done.await.unwrap_or_else(|_| Err(gone("group-commit")))
-    }
-}
-
-/// Ends when every sender is gone (the fulfiller dropped). One transaction out per
-/// committer: what is handed over meanwhile waits in the channel for a free committer.
-async fn commit_all(
-    pool: Pool,
-    policy: RefundPolicy,
-    metrics: Arc<Metrics>,
-    jobs: Arc<Mutex<mpsc::UnboundedReceiver<(Job, Reply)>>>,
-) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    loop {
-        let taken = jobs.lock().await.recv_many(&mut group, MAX_GROUP).await;
-        if taken == 0 {
-            return;
-        }
-        commit(&pool, policy, &metrics, std::mem::take(&mut group)).await;
+        self.batcher.ask(job).await
     }
 }
 
