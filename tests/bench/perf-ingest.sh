@@ -13,20 +13,7 @@ log=target/perf-ingest-bench.txt
 command -v perf >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf
 }
-target/release/bench ingest --runs 1 --seconds 10 >"$log" 2>&1 &
-bench=$!
-pid=
-for _ in $(seq 300); do
-  pid=$(pgrep -P "$bench" -x ingest || true)
-  [ -n "$pid" ] && break
-  sleep 0.1
-done
-[ -n "$pid" ] || { echo "ingest did not start"; cat "$log"; exit 1; }
-# The c=16 line is printed when the c=64 run starts.
-until grep -q "c=16" "$log"; do
-  kill -0 "$bench" 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.2
-done
+. tests/bench/at-c64.sh
 perf record -q -e cpu-clock -F 999 -p "$pid" -o "$data" -- sleep 8
 wait "$bench"
 grep -E "^run 0: c=64|peak RSS" "$log"
