@@ -13,14 +13,19 @@ use lapin::{
 };
 use test_support::broker::TestBroker;
 
-use crate::{bin_dir, peak_rss_mib};
+use crate::{
+    bin_dir,
+    cpu::{Account, Snapshot},
+    peak_rss_mib,
+};
 
 const SECRET: &str = "whsec_bench_secret";
 /// Publishes outstanding at once for the ceiling: 1024, the window of the issue's own
-/// ceiling measurement (issue #17), so the ratio is taken against the same ceiling.
+/// ceiling measurement (issue #17), so the ratio is taken against the same ceiling. It
+/// publishes for as long as each wrk run lasts (`--seconds`), so both meet the quorum
+/// queue's periodic write stalls alike (it published 20,000 messages, about a second,
+/// before 2026-12-02).
 const WINDOW: usize = 1024;
-/// Messages per ceiling run.
-const CEILING_MESSAGES: usize = 20_000;
 
 /// The real delivered event, pretty-printed as Stripe sends it (3,429 bytes): two-space
 /// indent, its keys in Stripe's order (`id` first; a `serde_json::Value` would sort them).
@@ -95,14 +100,17 @@ async fn ceiling(
     broker: &TestBroker,
     conn: &Connection,
     body: &[u8],
-    total: usize,
-) -> anyhow::Result<f64> {
+    seconds: u64,
+) -> anyhow::Result<(f64, u64)> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = broker.topology.events_exchange();
     let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
     let mut inflight = FuturesUnordered::new();
-    for _ in 0..total {
+    let mut total = 0_u64;
+    while Instant::now() < deadline {
+        total += 1;
         if inflight.len() >= WINDOW {
             let confirm: lapin::Confirmation = inflight.next().await.context("confirm")??;
             if !confirm.is_ack() {
@@ -133,10 +141,10 @@ async fn ceiling(
     let rate = total as f64 / started.elapsed().as_secs_f64();
     let _ = ch.close(200, "done".into()).await;
     let held = purge(conn, &broker.topology.checkout_queue()).await?;
-    if held as usize != total {
+    if u64::from(held) != total {
         bail!("ceiling run: {held} held, {total} published");
     }
-    Ok(rate)
+    Ok((rate, total))
 }
 
 /// The broker alone at the same shape as ingest under load: `concurrency` publishers, each
@@ -206,145 +214,6 @@ struct WrkResult {
     /// ingest's CPU time (user + system, all threads) per 2xx: unlike req/s it hardly
     /// moves when the load generator or the broker get less of the shared cores.
     cpu_us: f64,
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// Fields of `/proc/<pid>/stat` from `state` on (the command name may hold spaces).
-fn stat_fields(pid: &str) -> Option<Vec<f64>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect(),
-    )
-}
-
-/// CPU time a process has used (user + system, all threads), from /proc: utime and
-/// stime are the 14th and 15th fields of the line.
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_fields(&pid.to_string())
-        .and_then(|f| Some((f.get(11)? + f.get(12)?) / clock_ticks()))
-        .unwrap_or(0.0)
-}
-
-/// Where the machine's CPU went, read before and after a phase: the one number for
-/// req/s on shared cores is what each process spends per request.
-#[derive(Clone, Copy, Default)]
-struct CpuSnapshot {
-    /// Every core's busy time (all but idle and iowait), from /proc/stat.
-    machine: f64,
-    /// RabbitMQ's Erlang VM (every `beam.smp` on the machine).
-    broker: f64,
-    ingest: f64,
-    /// This process: the ceiling's and the broker-alone phase's publisher.
-    bench: f64,
-    /// Children waited for (wrk, which runs to its end inside a phase): cutime + cstime.
-    children: f64,
-}
-
-impl CpuSnapshot {
-    fn take(ingest: u32) -> Self {
-        let ticks = clock_ticks();
-        let machine = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|stat| {
-                let line = stat.lines().next()?;
-                let f: Vec<f64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .map(|x| x.parse().unwrap_or(0.0))
-                    .collect();
-                // user nice system idle iowait irq softirq steal …
-                let busy: f64 = f.iter().take(8).sum::<f64>() - f.get(3)? - f.get(4)?;
-                Some(busy / ticks)
-            })
-            .unwrap_or(0.0);
-        let broker = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "beam.smp")
-            })
-            .filter_map(|e| {
-                let f = stat_fields(e.file_name().to_str()?)?;
-                Some((f.get(11)? + f.get(12)?) / ticks)
-            })
-            .sum();
-        let own = stat_fields("self");
-        let field = |i: usize| own.as_ref().and_then(|f| f.get(i).copied()).unwrap_or(0.0) / ticks;
-        Self {
-            machine,
-            broker,
-            ingest: if ingest == 0 {
-                0.0
-            } else {
-                cpu_seconds(ingest)
-            },
-            bench: field(11) + field(12),
-            children: field(13) + field(14),
-        }
-    }
-
-    /// Microseconds per message of each, between `self` and `later`, and the share of
-    /// the machine's cores that was busy.
-    fn per_message(&self, later: &Self, messages: u64, wall: Duration) -> CpuAccount {
-        let per = |a: f64, b: f64| 1e6 * (b - a).max(0.0) / messages.max(1) as f64;
-        let machine = per(self.machine, later.machine);
-        let broker = per(self.broker, later.broker);
-        let ingest = per(self.ingest, later.ingest);
-        let bench = per(self.bench, later.bench);
-        let load = per(self.children, later.children);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        CpuAccount {
-            machine,
-            broker,
-            ingest,
-            load: load + bench,
-            other: (machine - broker - ingest - load - bench).max(0.0),
-            busy: (later.machine - self.machine) / (wall.as_secs_f64() * cores),
-        }
-    }
-}
-
-/// CPU µs per message, by process, over one phase.
-#[derive(Clone, Copy, Default)]
-struct CpuAccount {
-    machine: f64,
-    broker: f64,
-    ingest: f64,
-    /// The load generator: wrk for ingest's phases, the bench's own publisher otherwise.
-    load: f64,
-    other: f64,
-    /// Share of all cores busy during the phase.
-    busy: f64,
-}
-
-impl std::fmt::Display for CpuAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "CPU µs/message: broker {:.1}, ingest {:.1}, load generator {:.1}, other {:.1}, all {:.1} (cores {:.0} % busy)",
-            self.broker,
-            self.ingest,
-            self.load,
-            self.other,
-            self.machine,
-            100.0 * self.busy
-        )
-    }
 }
 
 fn wrk(
@@ -450,24 +319,20 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
     let mut ceilings = Vec::new();
     let mut raw64 = Vec::new();
     // The ceiling, the broker alone at 64 and ingest at 64: where the cores went.
-    let mut accounts: [Vec<CpuAccount>; 3] = Default::default();
+    let mut accounts: [Vec<Account>; 3] = Default::default();
     let mut table: Vec<(usize, Vec<WrkResult>)> = vec![(1, vec![]), (16, vec![]), (64, vec![])];
     for run in 0..runs {
-        let (before, started) = (CpuSnapshot::take(0), Instant::now());
-        let c = ceiling(&broker, &conn, &body, CEILING_MESSAGES).await?;
-        let cpu = before.per_message(
-            &CpuSnapshot::take(0),
-            CEILING_MESSAGES as u64,
-            started.elapsed(),
-        );
+        let (before, started) = (Snapshot::take(), Instant::now());
+        let (c, published) = ceiling(&broker, &conn, &body, seconds).await?;
+        let cpu = before.per_message(&Snapshot::take(), published, started.elapsed());
         println!("run {run}: ceiling (window {WINDOW}) {c:.0} msg/s; {cpu}");
         ceilings.push(c);
         accounts[0].push(cpu);
-        let (before, started) = (CpuSnapshot::take(0), Instant::now());
+        let (before, started) = (Snapshot::take(), Instant::now());
         let (rate, p50, p99) = broker_at_concurrency(&broker, &conn, &body, 64, seconds).await?;
         let elapsed = started.elapsed();
         let cpu = before.per_message(
-            &CpuSnapshot::take(0),
+            &Snapshot::take(),
             (rate * elapsed.as_secs_f64()) as u64,
             elapsed,
         );
@@ -477,11 +342,11 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         raw64.push((rate, p50, p99));
         accounts[1].push(cpu);
         for (concurrency, results) in &mut table {
-            let (before, started) = (CpuSnapshot::take(ingest.pid()), Instant::now());
+            let (before, started) = (Snapshot::take(), Instant::now());
             let mut r = wrk(&url, &body, *concurrency, seconds, &logs)?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let cpu = before.per_message(&CpuSnapshot::take(ingest.pid()), r.ok, started.elapsed());
-            r.cpu_us = cpu.ingest;
+            let cpu = before.per_message(&Snapshot::take(), r.ok, started.elapsed());
+            r.cpu_us = cpu.of("ingest");
             let held = u64::from(purge(&conn, &broker.topology.checkout_queue()).await?);
             // Requests cut off by wrk's deadline may be published without wrk counting
             // the answer; a 2xx without a held message would be a lost event.
@@ -540,27 +405,19 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
 
 /// The medians of each phase's CPU account, and what 70 % of the ceiling would leave per
 /// request on these cores: the reason a ratio is what it is, in microseconds.
-fn print_cpu_accounts(accounts: &[Vec<CpuAccount>; 3], ceiling: f64) {
-    let med = |v: &[CpuAccount], f: fn(&CpuAccount) -> f64| median(v.iter().map(f).collect());
-    println!(
-        "\n| phase (medians) | broker µs/msg | ingest µs/msg | load generator µs/msg | other µs/msg | all µs/msg | cores busy |"
+fn print_cpu_accounts(accounts: &[Vec<Account>; 3], ceiling: f64) {
+    Account::table(
+        &[
+            ("ceiling (window 1024)", &accounts[0]),
+            ("broker alone, c=64", &accounts[1]),
+            ("ingest, c=64", &accounts[2]),
+        ],
+        &[
+            ("broker", "broker"),
+            ("ingest", "ingest"),
+            ("bench", "load generator"),
+        ],
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (name, v) in [
-        ("ceiling (window 1024)", &accounts[0]),
-        ("broker alone, c=64", &accounts[1]),
-        ("ingest, c=64", &accounts[2]),
-    ] {
-        println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} % |",
-            med(v, |a| a.broker),
-            med(v, |a| a.ingest),
-            med(v, |a| a.load),
-            med(v, |a| a.other),
-            med(v, |a| a.machine),
-            100.0 * med(v, |a| a.busy),
-        );
-    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
         "70 % of the ceiling is {:.0} req/s: {:.1} µs of all the cores' time per request, everything included",

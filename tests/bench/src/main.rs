@@ -23,6 +23,7 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod cpu;
 mod debit_load;
 mod fulfill_load;
 mod ingest_cpu;

@@ -22,7 +22,12 @@ use fake_stripe::{FakeStripe, Knobs, PriceSpec, SessionSpec};
 use futures_util::{StreamExt, stream};
 use test_support::{broker::TestBroker, db::TestDb};
 
-use crate::{debit_load::pgbench_tps, ingest_load::median, scalar};
+use crate::{
+    cpu::{Account, Snapshot},
+    debit_load::pgbench_tps,
+    ingest_load::median,
+    scalar,
+};
 
 const SECRET: &str = "whsec_bench_secret";
 const COMPLETED: &str = "checkout.session.completed";
@@ -120,6 +125,8 @@ impl Stack {
             "FULFILL_CONCURRENCY",
             "FULFILL_PREFETCH",
             "DATABASE_POOL_SIZE",
+            // tokio's own: the runtime's worker threads (default: one per core).
+            "TOKIO_WORKER_THREADS",
         ] {
             if let Ok(value) = std::env::var(name) {
                 if generation == 0 {
@@ -199,6 +206,8 @@ struct Figures {
     credited_per_s: f64,
     settled_per_s: f64,
     stripe_calls_per_session: f64,
+    /// CPU per credited session, by process.
+    cpu: Account,
 }
 
 async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
@@ -212,6 +221,10 @@ async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
     stack.post(&events).await;
     stack.stripe.reset_stats();
     let fulfills = stack.fulfills(&db.url, 0).await?;
+    // Where the cores go while sessions are credited: from both processes being ready to
+    // the last session credited, divided by the sessions credited in between.
+    let (cpu_before, cpu_started) = (Snapshot::take(), Instant::now());
+    let (credited_before, _) = purchases_credited(&db).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let span = loop {
         let (n, span) = purchases_credited(&db).await?;
@@ -223,6 +236,11 @@ async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let cpu = cpu_before.per_message(
+        &Snapshot::take(),
+        sessions as u64 - credited_before,
+        cpu_started.elapsed(),
+    );
     let stats = stack.stripe.stats();
     let calls = stats.session_fetches + stats.line_item_pages + stats.other_fetches;
     // The credit events still to announce are announced before the redeliveries come, so
@@ -267,6 +285,7 @@ async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
         credited_per_s: (sessions - 1) as f64 / span,
         settled_per_s,
         stripe_calls_per_session: calls as f64 / sessions as f64,
+        cpu,
     })
 }
 
@@ -384,8 +403,10 @@ pub async fn run(runs: usize, sessions: usize, seconds: u64) -> anyhow::Result<(
         "\n| run | pgbench -c 16 tps | credited sessions/s | ÷ pgbench | settled redeliveries/s | Stripe calls per session |\n|---|---|---|---|---|---|"
     );
     let mut ratios = Vec::new();
+    let mut accounts = Vec::new();
     for run in 1..=runs {
         let f = one_run(sessions, seconds).await?;
+        accounts.push(f.cpu.clone());
         let ratio = f.credited_per_s / f.pgbench;
         ratios.push(ratio);
         println!(
@@ -396,5 +417,18 @@ pub async fn run(runs: usize, sessions: usize, seconds: u64) -> anyhow::Result<(
     if !ratios.is_empty() {
         println!("median ÷ pgbench: {:.2}", median(ratios));
     }
+    for (run, cpu) in accounts.iter().enumerate() {
+        println!("run {}, credited phase: {cpu}", run + 1);
+    }
+    Account::table(
+        &[("credited sessions", &accounts)],
+        &[
+            ("fulfill", "fulfill (both)"),
+            ("postgres", "PostgreSQL"),
+            ("broker", "broker"),
+            ("ingest", "ingest"),
+            ("bench", "bench (fake Stripe, polling)"),
+        ],
+    );
     round_trips(1000.min(sessions)).await
 }
