@@ -23,7 +23,7 @@ use serde::Serialize;
 use shared::{
     envelope::EventEnvelope,
     event_type::{EventType, ObjectKind},
-    ids::{CheckoutSessionId, EventId},
+    ids::{CheckoutSessionId, EventId, UserId},
 };
 
 use self::persist::Persisted;
@@ -429,9 +429,15 @@ impl Fulfiller {
             });
         }
         let decision = expiry_rule::refine(credits::decide(&session), &session);
-        if let Decision::Credit { user, .. } = &decision {
-            span.record("user_id", user.as_str());
-        }
+        // Recorded now, for the lines inside the transaction; once only, as a text log
+        // line shows every value a field was given.
+        let decided_user = match &decision {
+            Decision::Credit { user, .. } => {
+                span.record("user_id", user.as_str());
+                Some(user.clone())
+            }
+            _ => None,
+        };
         // Written by a transaction of its own, or of a group of sessions converging now.
         let job = group_commit::Job {
             account: account.clone(),
@@ -451,13 +457,16 @@ impl Fulfiller {
                 return Err(e);
             }
         };
-        self.observe(&persisted);
+        self.observe(&persisted, decided_user.as_ref());
         Ok((persisted.state, persisted.change))
     }
 
-    fn observe(&self, persisted: &Persisted) {
+    /// `recorded`: the user the session's span names already.
+    fn observe(&self, persisted: &Persisted, recorded: Option<&UserId>) {
         let state = &persisted.state;
-        if let Some(user) = &state.user_id {
+        if let Some(user) = &state.user_id
+            && recorded.is_none_or(|r| r.as_str() != user.as_str())
+        {
             tracing::Span::current().record("user_id", user.as_str());
         }
         if state.credited_now {

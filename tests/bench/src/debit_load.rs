@@ -10,14 +10,21 @@
 //!    row; then a balance of 500 credits drained by 64 connections: exactly 500 debits
 //!    succeed, the balance ends at 0 (never below), the ledger holds each once.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use diesel::sql_query;
 use diesel_async::RunQueryDsl;
 use test_support::{broker::TestBroker, db::TestDb};
 
-use crate::{bin_dir, peak_rss_mib};
+use crate::{
+    bin_dir,
+    cpu::{Account, Snapshot},
+    peak_rss_mib,
+};
 
 const USERS: u32 = 10_000;
 /// Credits of the user drained by 64 connections at once.
@@ -162,6 +169,11 @@ fn load(
 }
 
 pub fn pgbench_tps(db: &TestDb, seconds: u64) -> anyhow::Result<f64> {
+    Ok(pgbench_measured(db, seconds)?.0)
+}
+
+/// [`pgbench_tps`] and the CPU account of its run (not of `pgbench -i`), per transaction.
+pub fn pgbench_measured(db: &TestDb, seconds: u64) -> anyhow::Result<(f64, Account)> {
     let init = Command::new("pgbench")
         .args(["-i", "-q", "-s", "16"])
         .arg(&db.url)
@@ -170,16 +182,21 @@ pub fn pgbench_tps(db: &TestDb, seconds: u64) -> anyhow::Result<f64> {
     if !init.status.success() {
         bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     }
+    let (before, started) = (Snapshot::take(), Instant::now());
     let run = Command::new("pgbench")
         .args(["-c", "16", "-j", "2", "-n", "-T", &seconds.to_string()])
         .arg(&db.url)
         .output()?;
+    let (after, elapsed) = (Snapshot::take(), started.elapsed());
     let text = String::from_utf8_lossy(&run.stdout);
-    text.lines()
+    let tps: f64 = text
+        .lines()
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
-        .with_context(|| format!("pgbench output: {text}"))
+        .with_context(|| format!("pgbench output: {text}"))?;
+    let transactions = (tps * seconds as f64) as u64;
+    Ok((tps, before.per_message(&after, transactions, elapsed)))
 }
 
 /// Users with credits, written as the migration writes existing balances (entry, balance

@@ -24,7 +24,7 @@ use test_support::{broker::TestBroker, db::TestDb};
 
 use crate::{
     cpu::{Account, Snapshot},
-    debit_load::pgbench_tps,
+    debit_load::pgbench_measured,
     ingest_load::median,
     scalar,
 };
@@ -208,11 +208,14 @@ struct Figures {
     stripe_calls_per_session: f64,
     /// CPU per credited session, by process.
     cpu: Account,
+    /// CPU per pgbench transaction (pgbench's own in `bench`; its backends, gone when it
+    /// ends, in `other`).
+    pgbench_cpu: Account,
 }
 
 async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
     let reference = TestDb::new().await;
-    let pgbench = pgbench_tps(&reference, seconds)?;
+    let (pgbench, pgbench_cpu) = pgbench_measured(&reference, seconds)?;
     drop(reference);
 
     let db = TestDb::new().await;
@@ -286,6 +289,7 @@ async fn one_run(sessions: usize, seconds: u64) -> anyhow::Result<Figures> {
         settled_per_s,
         stripe_calls_per_session: calls as f64 / sessions as f64,
         cpu,
+        pgbench_cpu,
     })
 }
 
@@ -403,10 +407,11 @@ pub async fn run(runs: usize, sessions: usize, seconds: u64) -> anyhow::Result<(
         "\n| run | pgbench -c 16 tps | credited sessions/s | ÷ pgbench | settled redeliveries/s | Stripe calls per session |\n|---|---|---|---|---|---|"
     );
     let mut ratios = Vec::new();
-    let mut accounts = Vec::new();
+    let (mut accounts, mut pgbench_accounts) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         let f = one_run(sessions, seconds).await?;
         accounts.push(f.cpu.clone());
+        pgbench_accounts.push(f.pgbench_cpu.clone());
         let ratio = f.credited_per_s / f.pgbench;
         ratios.push(ratio);
         println!(
@@ -421,7 +426,10 @@ pub async fn run(runs: usize, sessions: usize, seconds: u64) -> anyhow::Result<(
         println!("run {}, credited phase: {cpu}", run + 1);
     }
     Account::table(
-        &[("credited sessions", &accounts)],
+        &[
+            ("pgbench TPC-B transactions", &pgbench_accounts),
+            ("credited sessions", &accounts),
+        ],
         &[
             ("fulfill", "fulfill (both)"),
             ("postgres", "PostgreSQL"),
