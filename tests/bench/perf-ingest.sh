@@ -16,7 +16,7 @@ command -v perf >/dev/null || {
 . tests/bench/at-c64.sh
 perf record -q -e cpu-clock -F 999 -p "$pid" -o "$data" -- sleep 8
 wait "$bench"
-grep -E "^run 0: c=64|peak RSS" "$log"
+grep -E "^run 0: c=64 .*req/s|peak RSS" "$log"
 echo "## by object"
 perf report -i "$data" --sort dso --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -12
 echo "## top symbols"

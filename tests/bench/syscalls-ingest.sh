@@ -27,7 +27,8 @@ wait "$strace" || true
 wait "$bench"
 line=$(grep -E "^run 0: c=64 " "$log" | head -1)
 echo "$line"
-answered=$(echo "$line" | sed -E 's/.*\(2xx ([0-9]+),.*/\1/')
+answered=$(echo "$line" | sed -nE 's/.*\(2xx ([0-9]+),.*/\1/p')
+[ "${answered:-0}" -gt 0 ] || { echo "no 2xx counted in the c=64 phase"; cat "$log"; exit 1; }
 # strace -c: % time, seconds, usecs/call, calls, [errors], syscall
 awk -v n="$answered" '
   $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {

@@ -32,6 +32,11 @@ fn own_seconds(fields: &[f64]) -> f64 {
     (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / clock_ticks()
 }
 
+/// cutime + cstime (the 16th and 17th fields): the children it has reaped, in seconds.
+fn children_seconds(fields: &[f64]) -> f64 {
+    (fields.get(13).unwrap_or(&0.0) + fields.get(14).unwrap_or(&0.0)) / clock_ticks()
+}
+
 /// The group a process's CPU is counted in: the services by name, PostgreSQL's
 /// backends together, RabbitMQ's Erlang VM as the broker.
 fn group(comm: &str) -> Option<&'static str> {
@@ -78,15 +83,17 @@ impl Snapshot {
                 continue;
             }
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            // With the children each has reaped: a PostgreSQL backend that ends within a
+            // phase (pgbench's, a short-lived connection's) moves its time to the
+            // postmaster's cutime and so stays in the group.
             if let (Some(g), Some(f)) = (group(comm.trim()), stat_fields(&pid)) {
-                *groups.entry(g).or_default() += own_seconds(&f);
+                *groups.entry(g).or_default() += own_seconds(&f) + children_seconds(&f);
             }
         }
         // This process (the load generators of its own, the fake Stripe) and the children
-        // it has waited for (wrk, which runs to its end inside a phase): cutime + cstime.
+        // it has waited for (wrk, pgbench, which run to their end inside a phase).
         if let Some(own) = stat_fields("self") {
-            let children = (own.get(13).unwrap_or(&0.0) + own.get(14).unwrap_or(&0.0)) / ticks;
-            groups.insert("bench", own_seconds(&own) + children);
+            groups.insert("bench", own_seconds(&own) + children_seconds(&own));
         }
         Self { machine, groups }
     }

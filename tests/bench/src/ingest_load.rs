@@ -149,14 +149,15 @@ async fn ceiling(
 
 /// The broker alone at the same shape as ingest under load: `concurrency` publishers, each
 /// publishing one message and waiting for its confirm before the next. Returns (msg/s, p50
-/// ms, p99 ms): the latency floor any confirm-before-2xx endpoint inherits.
+/// ms, p99 ms, messages confirmed): the latency floor any confirm-before-2xx endpoint
+/// inherits.
 async fn broker_at_concurrency(
     broker: &TestBroker,
     conn: &Connection,
     body: &[u8],
     concurrency: usize,
     seconds: u64,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64, u64)> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = broker.topology.events_exchange();
@@ -203,7 +204,7 @@ async fn broker_at_concurrency(
             .copied()
             .unwrap_or(0.0)
     };
-    Ok((rate, pick(0.5), pick(0.99)))
+    Ok((rate, pick(0.5), pick(0.99), all.len() as u64))
 }
 
 struct WrkResult {
@@ -329,13 +330,9 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         ceilings.push(c);
         accounts[0].push(cpu);
         let (before, started) = (Snapshot::take(), Instant::now());
-        let (rate, p50, p99) = broker_at_concurrency(&broker, &conn, &body, 64, seconds).await?;
-        let elapsed = started.elapsed();
-        let cpu = before.per_message(
-            &Snapshot::take(),
-            (rate * elapsed.as_secs_f64()) as u64,
-            elapsed,
-        );
+        let (rate, p50, p99, published) =
+            broker_at_concurrency(&broker, &conn, &body, 64, seconds).await?;
+        let cpu = before.per_message(&Snapshot::take(), published, started.elapsed());
         println!(
             "run {run}: broker alone, 64 publishers awaiting each confirm: {rate:.0} msg/s p50 {p50:.2} ms p99 {p99:.2} ms; {cpu}"
         );
@@ -344,8 +341,9 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         for (concurrency, results) in &mut table {
             let (before, started) = (Snapshot::take(), Instant::now());
             let mut r = wrk(&url, &body, *concurrency, seconds, &logs)?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Taken when wrk ends: the wait and the purge below are no part of the phase.
             let cpu = before.per_message(&Snapshot::take(), r.ok, started.elapsed());
+            tokio::time::sleep(Duration::from_millis(500)).await;
             r.cpu_us = cpu.of("ingest");
             let held = u64::from(purge(&conn, &broker.topology.checkout_queue()).await?);
             // Requests cut off by wrk's deadline may be published without wrk counting
