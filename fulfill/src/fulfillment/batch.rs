@@ -7,7 +7,9 @@
 //! have queued anyway.
 
 use std::{
+    any::Any,
     future::Future,
+    panic::AssertUnwindSafe,
     sync::{Arc, OnceLock},
 };
 
@@ -56,7 +58,12 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
             let (tx, rx) = mpsc::unbounded_channel();
             let rx = Arc::new(Mutex::new(rx));
             for _ in 0..self.tasks {
-                tokio::spawn(serve(Arc::clone(&rx), self.max, Arc::clone(&self.handle)));
+                tokio::spawn(serve(
+                    self.name,
+                    Arc::clone(&rx),
+                    self.max,
+                    Arc::clone(&self.handle),
+                ));
             }
             tx
         });
@@ -67,15 +74,40 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
 }
 
 /// One task: a batch at a time. Ends when every sender is gone (the fulfiller dropped).
-async fn serve<Q, A>(asks: Asks<Q, A>, max: usize, handle: Handler<Q, A>) {
+///
+/// A batch that panics fails its own askers (their replies are dropped unanswered: a
+/// transient error, and the delivery is retried) and the task goes on with the next.
+/// Were the task to end with it, every later ask of a batcher whose tasks had all ended
+/// would fail, and every delivery after a single panic be retried until dead-lettered.
+async fn serve<Q, A>(name: &'static str, asks: Asks<Q, A>, max: usize, handle: Handler<Q, A>) {
     let mut batch = Vec::with_capacity(max);
     loop {
         let taken = asks.lock().await.recv_many(&mut batch, max).await;
         if taken == 0 {
             return;
         }
-        handle(std::mem::take(&mut batch)).await;
+        let batch = std::mem::take(&mut batch);
+        // Inside the async block, so that a panic building the future is caught too.
+        let handled = AssertUnwindSafe(async { handle(batch).await })
+            .catch_unwind()
+            .await;
+        if let Err(panic) = handled {
+            tracing::error!(
+                task = name,
+                asks = taken,
+                panic = panic_message(panic.as_ref()),
+                "a batch panicked; its askers fail (retried), the task goes on"
+            );
+        }
     }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// Sends each asker its answer, in order; when the batch's statement failed, each fails
@@ -99,10 +131,10 @@ pub(super) fn reply_each<T>(
     }
 }
 
-/// What an asker gets when the task answering it is gone (the fulfiller dropped, or the
-/// runtime shutting down).
+/// What an asker gets when no task answered it: the fulfiller dropped, the runtime
+/// shutting down, or its batch panicked.
 fn gone(task: &str) -> FulfillError {
-    failed(&format!("the {task} task is gone"))
+    failed(&format!("the {task} task did not answer"))
 }
 
 fn failed(message: &str) -> FulfillError {
@@ -110,4 +142,32 @@ fn failed(message: &str) -> FulfillError {
         diesel::result::DatabaseErrorKind::Unknown,
         Box::new(message.to_owned()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doubler() -> Batcher<u32, u32> {
+        Batcher::new("test", 1, 4, |asks: Vec<(u32, Reply<u32>)>| async move {
+            assert!(asks.iter().all(|(q, _)| *q != 13), "thirteen");
+            for (q, reply) in asks {
+                let _ = reply.send(Ok(q * 2));
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_panics_fails_its_askers_and_the_task_serves_the_next() {
+        let batcher = doubler();
+        assert_eq!(batcher.ask(1).await.unwrap(), 2);
+        let failed = batcher.ask(13).await.unwrap_err();
+        assert!(failed.is_transient(), "{failed}");
+        let chain = crate::error::error_chain(&failed);
+        assert!(chain.contains("the test task did not answer"), "{chain}");
+        // The only task is still there.
+        assert_eq!(batcher.ask(2).await.unwrap(), 4);
+        let (a, b) = tokio::join!(batcher.ask(3), batcher.ask(4));
+        assert_eq!((a.unwrap(), b.unwrap()), (6, 8));
+    }
 }
