@@ -37,6 +37,11 @@ fn children_seconds(fields: &[f64]) -> f64 {
     (fields.get(13).unwrap_or(&0.0) + fields.get(14).unwrap_or(&0.0)) / clock_ticks()
 }
 
+/// The machine's cores (at least one).
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
 /// The group a process's CPU is counted in: the services by name, PostgreSQL's
 /// backends together, RabbitMQ's Erlang VM as the broker.
 fn group(comm: &str) -> Option<&'static str> {
@@ -50,7 +55,7 @@ fn group(comm: &str) -> Option<&'static str> {
 }
 
 /// CPU seconds used so far, machine-wide and per group.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     /// Every core's busy time (all but idle and iowait), from /proc/stat.
     machine: f64,
@@ -108,18 +113,17 @@ impl Snapshot {
             .map(|(g, b)| (*g, per(self.groups.get(g).copied().unwrap_or(0.0), *b)))
             .collect();
         let machine = per(self.machine, later.machine);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         Account {
             other: (machine - groups.values().sum::<f64>()).max(0.0),
             machine,
             groups,
-            busy: (later.machine - self.machine) / (wall.as_secs_f64() * cores),
+            busy: (later.machine - self.machine) / (wall.as_secs_f64() * cores()),
         }
     }
 }
 
 /// CPU µs per message, by group, over one phase.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Account {
     groups: BTreeMap<&'static str, f64>,
     /// The machine's busy time not in a group (the kernel's own threads, other programs).

@@ -416,11 +416,10 @@ fn print_cpu_accounts(accounts: &[Vec<Account>; 3], ceiling: f64) {
             ("bench", "load generator"),
         ],
     );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
         "70 % of the ceiling is {:.0} req/s: {:.1} µs of all the cores' time per request, everything included",
         0.7 * ceiling,
-        cores * 1e6 / (0.7 * ceiling)
+        crate::cpu::cores() * 1e6 / (0.7 * ceiling)
     );
 }
 

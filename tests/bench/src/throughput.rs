@@ -208,8 +208,7 @@ struct Figures {
     stripe_calls_per_session: f64,
     /// CPU per credited session, by process.
     cpu: Account,
-    /// CPU per pgbench transaction (pgbench's own in `bench`; its backends, gone when it
-    /// ends, in `other`).
+    /// CPU per pgbench transaction (pgbench's own in `bench`, its backends in `postgres`).
     pgbench_cpu: Account,
 }
 
@@ -410,8 +409,8 @@ pub async fn run(runs: usize, sessions: usize, seconds: u64) -> anyhow::Result<(
     let (mut accounts, mut pgbench_accounts) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         let f = one_run(sessions, seconds).await?;
-        accounts.push(f.cpu.clone());
-        pgbench_accounts.push(f.pgbench_cpu.clone());
+        accounts.push(f.cpu);
+        pgbench_accounts.push(f.pgbench_cpu);
         let ratio = f.credited_per_s / f.pgbench;
         ratios.push(ratio);
         println!(
