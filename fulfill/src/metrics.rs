@@ -73,6 +73,8 @@ pub struct Metrics {
     /// Sessions written by one ledger transaction (group commit).
     pub transaction_sessions: Histogram,
     pub group_retries: Counter,
+    /// Group transactions whose sessions were written by one statement per table.
+    pub group_shared_statements: Counter,
     pub in_flight: Gauge,
     pub reconcile_healed: Counter,
     pub broker_connected: Gauge,
@@ -168,6 +170,12 @@ impl Metrics {
             "group_retries",
             "Ledger transactions of several sessions that failed, whose sessions were then written one by one",
             group_retries.clone(),
+        );
+        let group_shared_statements = Counter::default();
+        registry.register(
+            "group_shared_statements",
+            "Ledger transactions of several sessions written by one statement per table (the others wrote each session's rows by statements of its own)",
+            group_shared_statements.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
@@ -292,6 +300,7 @@ impl Metrics {
             requeued,
             transaction_sessions,
             group_retries,
+            group_shared_statements,
             in_flight,
             reconcile_healed,
             broker_connected,

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use diesel::{
     ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, Queryable, QueryableByName,
     Selectable, SelectableHelper,
-    sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz},
+    sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
@@ -176,6 +176,133 @@ pub async fn write_entry(
     }))
 }
 
+/// [`write_entry`] for several sessions' entries in one statement: each balance moved
+/// (its row locked in the order of `entries`) and each entry written, numbered with its
+/// balance's new `sequence`. Returns what each entry got, in the order of `entries`;
+/// `None` when any key existed already, in which case the caller must roll back (the
+/// balances moved for those too).
+///
+/// For session entries only (no debit, hold, grant, memo or metadata), and each
+/// (account, user) at most once: a statement moves a row once.
+pub async fn write_entries<'a>(
+    conn: &mut AsyncPgConnection,
+    entries: &[NewEntry<'a>],
+) -> QueryResult<Option<Vec<Pending>>> {
+    shareable(entries).map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))?;
+    let column =
+        |f: fn(&NewEntry<'a>) -> Option<&'a str>| entries.iter().map(f).collect::<Vec<_>>();
+    let written: Vec<WrittenKeyed> = super::prepared::prepared(
+        "WITH i AS ( \
+            SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+                                 $6::text[], $7::text[], $8::text[], $9::text[]) \
+              WITH ORDINALITY AS i (account, user_id, delta, reason, idempotency_key, \
+                   stripe_session_id, stripe_event_id, stripe_object_id, component, n)), \
+         b AS ( \
+            INSERT INTO balances (account, user_id, credits, sequence) \
+            SELECT account, user_id, delta, 1 FROM i ORDER BY n \
+            ON CONFLICT (account, user_id) DO UPDATE \
+               SET credits = balances.credits + excluded.credits, \
+                   sequence = balances.sequence + 1, updated_at = now() \
+            RETURNING account, user_id, credits, sequence) \
+         INSERT INTO ledger_entries (account, user_id, delta, reason, idempotency_key, \
+                stripe_session_id, stripe_event_id, stripe_object_id, component, sequence) \
+         SELECT i.account, i.user_id, i.delta, i.reason, i.idempotency_key, \
+                i.stripe_session_id, i.stripe_event_id, i.stripe_object_id, i.component, b.sequence \
+           FROM i JOIN b ON b.account = i.account AND b.user_id = i.user_id ORDER BY i.n \
+         ON CONFLICT (idempotency_key) DO NOTHING \
+         RETURNING id, created_at, sequence, idempotency_key, \
+                   (SELECT credits FROM b WHERE b.account = ledger_entries.account \
+                       AND b.user_id = ledger_entries.user_id) AS credits_after",
+    )
+    .bind::<Array<Text>, _>(entries.iter().map(|e| e.account).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(entries.iter().map(|e| e.user_id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(entries.iter().map(|e| e.delta).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(entries.iter().map(|e| e.reason).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(entries.iter().map(|e| e.idempotency_key).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(column(|e| e.stripe_session_id))
+    .bind::<Array<Nullable<Text>>, _>(column(|e| e.stripe_event_id))
+    .bind::<Array<Nullable<Text>>, _>(column(|e| e.stripe_object_id))
+    .bind::<Array<Nullable<Text>>, _>(column(|e| e.component.map(Component::as_str)))
+    .load(conn)
+    .await?;
+    if written.len() != entries.len() {
+        return Ok(None);
+    }
+    let mut by_key: std::collections::HashMap<String, WrittenKeyed> = written
+        .into_iter()
+        .map(|w| (w.idempotency_key.clone(), w))
+        .collect();
+    Ok(entries
+        .iter()
+        .map(|e| {
+            by_key.remove(e.idempotency_key).map(|w| Pending {
+                appended: Appended {
+                    entry_id: w.id,
+                    credits_after: w.credits_after,
+                    sequence: w.sequence,
+                },
+                created_at: w.created_at,
+            })
+        })
+        .collect())
+}
+
+/// [`announce`] for the entries [`write_entries`] wrote (positive, of distinct users), with
+/// `records` (the Stripe events behind them and behind sessions without entries): one
+/// statement.
+pub async fn announce_all(
+    conn: &AsyncPgConnection,
+    written: &[(NewEntry<'_>, Pending)],
+    records: &[super::events::Record<'_>],
+) -> QueryResult<()> {
+    let events: Vec<_> = written
+        .iter()
+        .map(|(entry, p)| super::outbox::entry_row(entry, &p.appended, p.created_at))
+        .collect();
+    let entries: Vec<_> = written
+        .iter()
+        .map(|(entry, p)| (entry, p.appended.entry_id, p.appended.credits_after))
+        .collect();
+    super::lots::create_and_announce_all(conn, &entries, &events, records).await
+}
+
+/// Whether [`write_entries`] can write `entries` in one statement: session entries
+/// only, each (account, user) once.
+fn shareable(entries: &[NewEntry<'_>]) -> Result<(), String> {
+    let mut users = std::collections::HashSet::new();
+    for e in entries {
+        if !users.insert((e.account, e.user_id)) {
+            return Err(format!(
+                "entry {} moves a balance another entry of the statement moves",
+                e.idempotency_key
+            ));
+        }
+        if e.debit_id.is_some()
+            || e.hold_id.is_some()
+            || e.grant_id.is_some()
+            || e.memo.is_some()
+            || e.metadata.is_some()
+        {
+            return Err(format!("entry {} is not a session's", e.idempotency_key));
+        }
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct WrittenKeyed {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    sequence: i64,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+    #[diesel(sql_type = BigInt)]
+    credits_after: i64,
+}
+
 /// The second half of [`append_entry`]: the lots the entry creates or consumes, and its
 /// credit event. Takes the connection shared so that it can be pipelined with other
 /// writes of the transaction (statements on one connection still run in order, so the
@@ -330,4 +457,70 @@ pub async fn applied_all(
         }
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(account: &'a str, user_id: &'a str, key: &'a str) -> NewEntry<'a> {
+        NewEntry {
+            account,
+            user_id,
+            delta: 1,
+            reason: "purchase",
+            idempotency_key: key,
+            stripe_session_id: Some("cs_1"),
+            ..NewEntry::default()
+        }
+    }
+
+    #[test]
+    fn entries_of_distinct_balances_share_a_statement() {
+        let entries = [
+            entry("", "ann", "k1"),
+            entry("", "bob", "k2"),
+            // Another account's user of the same name is another balance.
+            entry("acct_1", "ann", "k3"),
+        ];
+        assert_eq!(shareable(&entries), Ok(()));
+        assert_eq!(shareable(&[]), Ok(()));
+    }
+
+    #[test]
+    fn two_entries_of_one_balance_do_not_share_a_statement() {
+        let entries = [entry("", "ann", "k1"), entry("", "ann", "k2")];
+        let refused = shareable(&entries).unwrap_err();
+        assert!(refused.contains("k2"), "{refused}");
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_sessions_does_not_share_a_statement() {
+        let metadata = serde_json::json!({"order": 1});
+        let cases = [
+            NewEntry {
+                debit_id: Some("d1"),
+                ..entry("", "ann", "k1")
+            },
+            NewEntry {
+                hold_id: Some("h1"),
+                ..entry("", "ann", "k1")
+            },
+            NewEntry {
+                grant_id: Some("g1"),
+                ..entry("", "ann", "k1")
+            },
+            NewEntry {
+                memo: Some("why"),
+                ..entry("", "ann", "k1")
+            },
+            NewEntry {
+                metadata: Some(&metadata),
+                ..entry("", "ann", "k1")
+            },
+        ];
+        for case in cases {
+            assert!(shareable(&[case]).is_err());
+        }
+    }
 }

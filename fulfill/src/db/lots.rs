@@ -126,6 +126,96 @@ pub(super) async fn create_and_announce(
     Ok(())
 }
 
+/// [`create_and_announce`] for several positive entries (of distinct users) and the
+/// records of the Stripe events behind them and behind sessions without entries: one
+/// statement.
+pub(super) async fn create_and_announce_all(
+    conn: &AsyncPgConnection,
+    entries: &[(&NewEntry<'_>, i64, i64)],
+    events: &[EntryRow],
+    records: &[Record<'_>],
+) -> QueryResult<()> {
+    if let Some((entry, _, _)) = entries.iter().find(|(e, _, _)| e.delta <= 0) {
+        return Err(diesel::result::Error::QueryBuilderError(
+            format!(
+                "create_and_announce_all takes positive entries ({})",
+                entry.idempotency_key
+            )
+            .into(),
+        ));
+    }
+    let lots: Vec<(&NewEntry<'_>, i64, LotSpec)> = entries
+        .iter()
+        .flat_map(|(entry, entry_id, credits_after)| {
+            lots_for(entry.delta, &entry.lots, *credits_after)
+                .into_iter()
+                .map(move |lot| (*entry, *entry_id, lot))
+        })
+        .collect();
+    let (account, user): (Vec<&str>, Vec<&str>) = entries
+        .iter()
+        .map(|(e, _, _)| (e.account, e.user_id))
+        .unzip();
+    super::prepared::prepared(
+        "WITH recorded AS ( \
+             INSERT INTO stripe_events (event_id, event_type, object_id, outcome) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+             ON CONFLICT DO NOTHING), \
+         created AS ( \
+             INSERT INTO credit_lots (account, user_id, entry_id, stripe_session_id, \
+                    credits, remaining, expires_at) \
+             SELECT l.account, l.user_id, l.entry_id, l.session_id, l.credits, l.credits, \
+                    l.expires_at \
+               FROM unnest($5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[], \
+                           $10::timestamptz[]) WITH ORDINALITY \
+                    AS l (account, user_id, entry_id, session_id, credits, expires_at, n) \
+              ORDER BY l.n) \
+         INSERT INTO credit_events (event_id, routing_key, account, user_id, sequence, payload) \
+         SELECT e.event_id, e.routing_key, e.account, e.user_id, e.sequence, e.payload \
+           FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int8[], \
+                       $16::jsonb[]) WITH ORDINALITY \
+                AS e (event_id, routing_key, account, user_id, sequence, payload, n) \
+          ORDER BY e.n",
+    )
+    .bind::<Array<Text>, _>(records.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(records.iter().map(|r| r.event_type).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(records.iter().map(|r| r.object_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(records.iter().map(|r| r.outcome).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(lots.iter().map(|(e, _, _)| e.account).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(lots.iter().map(|(e, _, _)| e.user_id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(lots.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        lots.iter()
+            .map(|(e, _, _)| e.stripe_session_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(lots.iter().map(|(_, _, l)| l.credits).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamptz>>, _>(
+        lots.iter()
+            .map(|(_, _, l)| l.expires_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        events
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        events
+            .iter()
+            .map(|e| e.routing_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(account)
+    .bind::<Array<Text>, _>(user)
+    .bind::<Array<BigInt>, _>(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+    .execute(&mut { conn })
+    .await?;
+    Ok(())
+}
+
 /// Takes `amount` from the user's lots: the session's own lot first (a reversal takes
 /// back what that purchase gave), then the soonest-expiring, then those that never
 /// expire. Takes what there is when there is less (a reversal of spent credits). The

@@ -196,6 +196,110 @@ pub async fn update_and_release(
         .await
 }
 
+impl SessionUpdate<'_> {
+    /// `row` with this update's columns written (`updated_at` and the lease are the
+    /// database's to set).
+    pub fn applied_to(&self, row: &SessionRow) -> SessionRow {
+        let owned = |v: Option<&str>| v.map(str::to_owned);
+        SessionRow {
+            session_id: row.session_id.clone(),
+            account: row.account.clone(),
+            state: self.state.unwrap_or(row.state),
+            user_id: self.user_id.map_or_else(|| row.user_id.clone(), owned),
+            credits: self.credits.unwrap_or(row.credits),
+            reason: self.reason.map_or_else(|| row.reason.clone(), owned),
+            stripe_status: owned(self.stripe_status).or_else(|| row.stripe_status.clone()),
+            payment_status: owned(self.payment_status).or_else(|| row.payment_status.clone()),
+            payment_intent_id: owned(self.payment_intent_id)
+                .or_else(|| row.payment_intent_id.clone()),
+            amount_total: self.amount_total.or(row.amount_total),
+            currency: owned(self.currency).or_else(|| row.currency.clone()),
+            livemode: self.livemode.or(row.livemode),
+            last_event_id: owned(self.last_event_id).or_else(|| row.last_event_id.clone()),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            reversed_credits: self.reversed_credits.unwrap_or(row.reversed_credits),
+            attention: self.attention.map_or_else(|| row.attention.clone(), owned),
+            fetch_lease_until: row.fetch_lease_until,
+            view_started_at: self.view_started_at.or(row.view_started_at),
+        }
+    }
+}
+
+/// [`update_and_release`] for several locked sessions in one statement: each row written
+/// as `rows` give it (from [`SessionUpdate::applied_to`]) and the fetch lease taken at its
+/// `held_since` given back. Returns the rows as written, in no particular order.
+pub async fn update_all(
+    conn: &AsyncPgConnection,
+    rows: &[(SessionRow, DateTime<Utc>)],
+) -> QueryResult<Vec<SessionRow>> {
+    use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
+    let text = |f: fn(&SessionRow) -> &Option<String>| {
+        rows.iter()
+            .map(|(r, _)| f(r).as_deref())
+            .collect::<Vec<_>>()
+    };
+    super::prepared::prepared(
+        "UPDATE checkout_sessions s \
+            SET state = u.state, user_id = u.user_id, credits = u.credits, reason = u.reason, \
+                stripe_status = u.stripe_status, payment_status = u.payment_status, \
+                payment_intent_id = u.payment_intent_id, amount_total = u.amount_total, \
+                currency = u.currency, livemode = u.livemode, last_event_id = u.last_event_id, \
+                reversed_credits = u.reversed_credits, attention = u.attention, \
+                view_started_at = u.view_started_at, updated_at = now(), \
+                fetch_lease_until = CASE WHEN s.fetch_lease_until = u.lease_end THEN NULL \
+                                         ELSE s.fetch_lease_until END \
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
+                       $7::text[], $8::text[], $9::int8[], $10::text[], $11::bool[], \
+                       $12::text[], $13::int8[], $14::text[], $15::timestamptz[], \
+                       $16::timestamptz[]) \
+                AS u (session_id, state, user_id, credits, reason, stripe_status, \
+                      payment_status, payment_intent_id, amount_total, currency, livemode, \
+                      last_event_id, reversed_credits, attention, view_started_at, lease_end) \
+          WHERE s.session_id = u.session_id \
+         RETURNING s.session_id, s.account, s.state, s.user_id, s.credits, s.reason, \
+                   s.stripe_status, s.payment_status, s.payment_intent_id, s.amount_total, \
+                   s.currency, s.livemode, s.last_event_id, s.created_at, s.updated_at, \
+                   s.reversed_credits, s.attention, s.fetch_lease_until, s.view_started_at",
+    )
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|(r, _)| r.session_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(rows.iter().map(|(r, _)| r.state).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.user_id))
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|(r, _)| r.credits).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.reason))
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.stripe_status))
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.payment_status))
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.payment_intent_id))
+    .bind::<Array<Nullable<BigInt>>, _>(
+        rows.iter().map(|(r, _)| r.amount_total).collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.currency))
+    .bind::<Array<Nullable<Bool>>, _>(rows.iter().map(|(r, _)| r.livemode).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.last_event_id))
+    .bind::<Array<BigInt>, _>(
+        rows.iter()
+            .map(|(r, _)| r.reversed_credits)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(text(|r| &r.attention))
+    .bind::<Array<Nullable<Timestamptz>>, _>(
+        rows.iter()
+            .map(|(r, _)| r.view_started_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Timestamptz>, _>(
+        rows.iter()
+            .map(|(_, held_since)| *held_since + FETCH_LEASE)
+            .collect::<Vec<_>>(),
+    )
+    .load(&mut { conn })
+    .await
+}
+
 #[derive(QueryableByName)]
 struct ClaimRow {
     #[diesel(embed)]
@@ -481,4 +585,90 @@ pub async fn connected_accounts(conn: &mut AsyncPgConnection) -> QueryResult<Vec
         .distinct()
         .load(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn row() -> SessionRow {
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+        SessionRow {
+            session_id: "cs_1".into(),
+            account: "acct_1".into(),
+            state: SessionState::Pending,
+            user_id: Some("ann".into()),
+            credits: Some(3),
+            reason: Some("before".into()),
+            stripe_status: Some("open".into()),
+            payment_status: Some("unpaid".into()),
+            payment_intent_id: Some("pi_1".into()),
+            amount_total: Some(100),
+            currency: Some("eur".into()),
+            livemode: Some(false),
+            last_event_id: Some("evt_1".into()),
+            created_at: at,
+            updated_at: at,
+            reversed_credits: 1,
+            attention: Some("flagged".into()),
+            fetch_lease_until: Some(at),
+            view_started_at: Some(at),
+        }
+    }
+
+    fn shown(row: &SessionRow) -> String {
+        format!("{row:?}")
+    }
+
+    #[test]
+    fn an_update_of_nothing_leaves_the_row_as_it_is() {
+        let row = row();
+        assert_eq!(
+            shown(&SessionUpdate::default().applied_to(&row)),
+            shown(&row)
+        );
+    }
+
+    #[test]
+    fn an_update_writes_each_of_its_columns_and_only_those() {
+        let row = row();
+        let later = row.view_started_at.unwrap() + chrono::Duration::seconds(5);
+        let update = SessionUpdate {
+            state: Some(SessionState::Credited),
+            user_id: Some(None),
+            credits: Some(Some(10)),
+            reason: Some(None),
+            stripe_status: Some("complete"),
+            payment_status: Some("paid"),
+            payment_intent_id: Some("pi_2"),
+            amount_total: Some(900),
+            currency: Some("usd"),
+            livemode: Some(true),
+            last_event_id: Some("evt_2"),
+            reversed_credits: Some(0),
+            attention: Some(None),
+            view_started_at: Some(later),
+        };
+        let want = SessionRow {
+            state: SessionState::Credited,
+            user_id: None,
+            credits: Some(10),
+            reason: None,
+            stripe_status: Some("complete".into()),
+            payment_status: Some("paid".into()),
+            payment_intent_id: Some("pi_2".into()),
+            amount_total: Some(900),
+            currency: Some("usd".into()),
+            livemode: Some(true),
+            last_event_id: Some("evt_2".into()),
+            reversed_credits: 0,
+            attention: None,
+            view_started_at: Some(later),
+            // The database's to set: as they were.
+            ..row.clone()
+        };
+        assert_eq!(shown(&update.applied_to(&row)), shown(&want));
+    }
 }

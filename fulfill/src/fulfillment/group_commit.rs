@@ -3,11 +3,18 @@
 //!
 //! Convergences hand their fresh view to a few committer tasks through a channel; a
 //! committer takes whatever has gathered (at most [`MAX_GROUP`]) and writes it in one
-//! transaction, one [`persist::apply`] per session. Nobody waits to fill a group: a view
-//! handed over while a committer is free is written at once, alone, exactly as before.
-//! Views gather only while every committer is busy, which is when each would otherwise
-//! have queued for a connection anyway; then `BEGIN`, the row locks and `COMMIT` (and
-//! its WAL flush) serve the whole group instead of one session.
+//! transaction. Nobody waits to fill a group: a view handed over while a committer is free
+//! is written at once, alone, exactly as before. Views gather only while every committer
+//! is busy, which is when each would otherwise have queued for a connection anyway; then
+//! `BEGIN`, the row locks and `COMMIT` (and its WAL flush) serve the whole group instead
+//! of one session.
+//!
+//! Within the transaction a group is written by one statement per table when its
+//! sessions allow it ([`shared_statements`]: each adds credits to a balance no other
+//! session of the group moves), else one [`persist::apply`] per session. Both decide
+//! with the same pure functions ([`persist::Planned`], [`persist::Outcome`]), so a
+//! session's rows are the same either way (`tests/it/group_commit.rs` compares them row
+//! by row).
 //!
 //! Locks are taken in one order everywhere, so groups never deadlock with each other or
 //! with a single session's transaction: first every session row of the group, in
@@ -145,10 +152,13 @@ async fn commit(pool: &Pool, policy: RefundPolicy, metrics: &Metrics, group: Vec
     let outcome = together(pool, policy, &jobs, &spans).await;
     drop(jobs);
     match outcome {
-        Ok(written) => {
+        Ok((written, shared)) => {
             let n = written.iter().filter(|w| w.is_some()).count();
             if n > 0 {
                 metrics.transaction_sessions.observe(n as f64);
+            }
+            if shared {
+                metrics.group_shared_statements.inc();
             }
             drop(spans);
             let mut rest = Vec::new();
@@ -210,16 +220,19 @@ async fn alone(pool: &Pool, policy: RefundPolicy, job: &Job) -> Result<Persisted
 }
 
 /// Several sessions, one transaction: every session row locked first (in session-id
-/// order), then each session applied in the order of the balance it moves. Returns each
+/// order), then the sessions written in the order of the balance each moves — by one
+/// statement per table for the whole group when its sessions allow it
+/// ([`shared_statements`]), else each session by statements of its own. Returns each
 /// session's result in `jobs`' order, `None` for a session whose row was gone (it is
-/// written alone: creating its row here would take a row lock out of order); or the
-/// error, with the failing session when it was one's, and nothing is kept.
+/// written alone: creating its row here would take a row lock out of order), and whether
+/// the statements were shared; or the error, with the failing session when it was one's,
+/// and nothing is kept.
 async fn together(
     pool: &Pool,
     policy: RefundPolicy,
     jobs: &[&Job],
     spans: &[tracing::Span],
-) -> Result<Vec<Option<Persisted>>, (Option<usize>, FulfillError)> {
+) -> Result<(Vec<Option<Persisted>>, bool), (Option<usize>, FulfillError)> {
     let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let written = async {
         let mut conn = pool.get().await?;
@@ -235,12 +248,14 @@ async fn together(
                 sessions::lock_all(shared, &ids),
                 ledger::applied_all(shared, &ids),
             )?;
-            let mut locked: HashMap<String, sessions::SessionRow> = rows
-                .into_iter()
-                .map(|row| (row.session_id.clone(), row))
-                .collect();
+            let mut locked = by_session(rows);
             let present: std::collections::HashSet<String> = locked.keys().cloned().collect();
             let order = apply_order(jobs, &locked);
+            if let Some(written) =
+                shared_statements(conn, policy, jobs, &order, &locked, &applied).await?
+            {
+                return Ok((written, true));
+            }
             let mut written: Vec<Option<Persisted>> = jobs.iter().map(|_| None).collect();
             for i in order {
                 let job = jobs[i];
@@ -265,13 +280,140 @@ async fn together(
                     }
                 }
             }
-            Ok(written)
+            Ok((written, false))
         })
         .await
     }
     .await;
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     written.map_err(|e| ((failed != usize::MAX).then_some(failed), e))
+}
+
+/// The group's sessions written by one statement per table, when every one of them
+/// allows it: its row present and of its account, its view not stale, at most one entry
+/// to write and that one adding credits, to a user no other session of the group moves,
+/// and nothing to announce beyond its credit event. Then the balances and entries are one
+/// statement (the balances moved in `order`, the lock order), the lots, credit events and
+/// Stripe events' records one, the session rows one; each session's rows exactly as
+/// [`persist::apply`] writes them (the plan, the entries, the update and the record come
+/// from the same functions). `None`: some session does not allow it, nothing written.
+async fn shared_statements(
+    conn: &mut AsyncPgConnection,
+    policy: RefundPolicy,
+    jobs: &[&Job],
+    order: &[usize],
+    locked: &HashMap<String, sessions::SessionRow>,
+    applied: &HashMap<String, Applied>,
+) -> Result<Option<Vec<Option<Persisted>>>, FulfillError> {
+    // Decided before anything is written: each session's plan, and whether all allow it.
+    let mut sessions_seen = std::collections::HashSet::new();
+    let mut users = std::collections::HashSet::new();
+    let mut plans: Vec<(usize, &sessions::SessionRow, persist::Planned)> = Vec::new();
+    for &i in order {
+        let job = jobs[i];
+        let id = job.session_id.as_str();
+        // A session whose row is gone is written alone after the group.
+        let Some(row) = locked.get(id) else {
+            continue;
+        };
+        let view = job.view();
+        if !sessions_seen.insert(id)
+            || row.account != job.account.key()
+            || persist::is_stale(row, &view)
+        {
+            return Ok(None);
+        }
+        let planned = persist::Planned::new(
+            row,
+            &applied.get(id).copied().unwrap_or_default(),
+            &job.session_id,
+            &view,
+            &job.cue,
+            policy,
+        );
+        let moves = &planned.plan.moves;
+        if planned.newly_needs_attention(row)
+            || moves.len() > 1
+            || moves.iter().any(|m| m.delta <= 0)
+        {
+            return Ok(None);
+        }
+        if !moves.is_empty() {
+            match planned.user.as_deref() {
+                Some(user) if users.insert((job.account.key(), user.to_owned())) => {}
+                _ => return Ok(None),
+            }
+        }
+        plans.push((i, row, planned));
+    }
+    let views: Vec<View<'_>> = plans.iter().map(|(i, _, _)| jobs[*i].view()).collect();
+    let mut entries = Vec::new();
+    // For each plan, the index of its entry in `entries`.
+    let mut entry_of = Vec::with_capacity(plans.len());
+    for ((i, _, planned), view) in plans.iter().zip(&views) {
+        let job = jobs[*i];
+        let event_id = job.event.as_ref().map(|(id, _)| id.as_str());
+        let mut own = planned.entries(&job.account, &job.session_id, view, &job.cue, event_id)?;
+        entry_of.push((!own.is_empty()).then_some(entries.len()));
+        entries.append(&mut own);
+    }
+    let pending = if entries.is_empty() {
+        Vec::new()
+    } else {
+        ledger::write_entries(conn, &entries)
+            .await?
+            // The row locks make this unreachable; a unique key is the last guard.
+            .ok_or_else(|| FulfillError::Conflict(entries[0].idempotency_key.to_owned()))?
+    };
+    let outcomes: Vec<persist::Outcome> = plans
+        .iter()
+        .zip(&entry_of)
+        .map(|((_, row, planned), entry)| {
+            let balance = entry.map(|e| pending[e].appended.credits_after);
+            persist::Outcome::new(row, planned, balance)
+        })
+        .collect();
+    let mut records = Vec::new();
+    let mut updates = Vec::with_capacity(plans.len());
+    for (((i, row, planned), view), outcome) in plans.iter().zip(&views).zip(&outcomes) {
+        let job = jobs[*i];
+        let event_id = job.event.as_ref().map(|(id, _)| id.as_str());
+        updates.push((
+            planned.update(outcome, view, event_id).applied_to(row),
+            job.started,
+        ));
+        if let Some(event) = job.event() {
+            records.push(outcome.record(planned, &job.session_id, event));
+        }
+    }
+    let written: Vec<_> = entries.into_iter().zip(pending).collect();
+    let shared: &AsyncPgConnection = conn;
+    let ((), rows) = futures_util::try_join!(
+        async {
+            if written.is_empty() && records.is_empty() {
+                Ok(())
+            } else {
+                ledger::announce_all(shared, &written, &records).await
+            }
+        },
+        sessions::update_all(shared, &updates),
+    )?;
+    let mut rows = by_session(rows);
+    let mut persisted: Vec<Option<Persisted>> = jobs.iter().map(|_| None).collect();
+    for ((i, _, planned), outcome) in plans.iter().zip(&outcomes) {
+        // Every row is locked by this transaction: each was updated.
+        let row = rows
+            .remove(jobs[*i].session_id.as_str())
+            .ok_or(diesel::result::Error::NotFound)?;
+        persisted[*i] = Some(outcome.persisted(planned, &row));
+    }
+    Ok(Some(persisted))
+}
+
+fn by_session(rows: Vec<sessions::SessionRow>) -> HashMap<String, sessions::SessionRow> {
+    rows.into_iter()
+        .map(|row| (row.session_id.clone(), row))
+        .collect()
 }
 
 /// The order to apply a group's sessions in: by the balance row each one's entries move
