@@ -4,7 +4,8 @@
 //! the unique `idempotency_key` makes a second write of the same entry a no-op, which is
 //! what makes crediting exactly-once across redeliveries, restarts and processes.
 //!
-//! [`append`] is the one write path of entries: in the same transaction it moves the
+//! [`append`] is the write path of entries (and [`write_entries`] with [`announce_all`]
+//! the same for a group of sessions' entries, one statement each): in the same transaction it moves the
 //! balance (taking its row lock, which every spending decision also takes), numbers the
 //! entry in the user's `sequence`, creates or consumes credit lots ([`super::lots`]) and
 //! writes the credit event to the outbox ([`super::outbox`]), in two round trips.
@@ -178,16 +179,17 @@ pub async fn write_entry(
 
 /// [`write_entry`] for several sessions' entries in one statement: each balance moved
 /// (its row locked in the order of `entries`) and each entry written, numbered with its
-/// balance's new `sequence`. Returns what each entry got, in the order of `entries`;
-/// `None` when any key existed already, in which case the caller must roll back (the
-/// balances moved for those too).
+/// balance's new `sequence`. Returns what each entry got, in the order of `entries`; or
+/// (`Err` inside) the key of an entry that existed already, in which case the caller
+/// must roll back: the balances moved for those too.
 ///
-/// For session entries only (no debit, hold, grant, memo or metadata), and each
-/// (account, user) at most once: a statement moves a row once.
+/// For session entries only (no debit, hold, grant, memo or metadata), each (account,
+/// user) at most once (a statement moves a row once), in (account, user) order: the
+/// order every writer locks balances in.
 pub async fn write_entries<'a>(
     conn: &mut AsyncPgConnection,
     entries: &[NewEntry<'a>],
-) -> QueryResult<Option<Vec<Pending>>> {
+) -> QueryResult<Result<Vec<Pending>, String>> {
     shareable(entries).map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))?;
     let column =
         |f: fn(&NewEntry<'a>) -> Option<&'a str>| entries.iter().map(f).collect::<Vec<_>>();
@@ -225,9 +227,6 @@ pub async fn write_entries<'a>(
     .bind::<Array<Nullable<Text>>, _>(column(|e| e.component.map(Component::as_str)))
     .load(conn)
     .await?;
-    if written.len() != entries.len() {
-        return Ok(None);
-    }
     let mut by_key: std::collections::HashMap<String, WrittenKeyed> = written
         .into_iter()
         .map(|w| (w.idempotency_key.clone(), w))
@@ -235,14 +234,17 @@ pub async fn write_entries<'a>(
     Ok(entries
         .iter()
         .map(|e| {
-            by_key.remove(e.idempotency_key).map(|w| Pending {
-                appended: Appended {
-                    entry_id: w.id,
-                    credits_after: w.credits_after,
-                    sequence: w.sequence,
-                },
-                created_at: w.created_at,
-            })
+            by_key
+                .remove(e.idempotency_key)
+                .map(|w| Pending {
+                    appended: Appended {
+                        entry_id: w.id,
+                        credits_after: w.credits_after,
+                        sequence: w.sequence,
+                    },
+                    created_at: w.created_at,
+                })
+                .ok_or_else(|| e.idempotency_key.to_owned())
         })
         .collect())
 }
@@ -269,6 +271,12 @@ pub async fn announce_all(
 /// Whether [`write_entries`] can write `entries` in one statement: session entries
 /// only, each (account, user) once.
 fn shareable(entries: &[NewEntry<'_>]) -> Result<(), String> {
+    if entries
+        .windows(2)
+        .any(|w| (w[0].account, w[0].user_id) > (w[1].account, w[1].user_id))
+    {
+        return Err("entries out of (account, user) order: the balances' lock order".into());
+    }
     let mut users = std::collections::HashSet::new();
     for e in entries {
         if !users.insert((e.account, e.user_id)) {
@@ -485,6 +493,14 @@ mod tests {
         ];
         assert_eq!(shareable(&entries), Ok(()));
         assert_eq!(shareable(&[]), Ok(()));
+    }
+
+    #[test]
+    fn entries_out_of_lock_order_do_not_share_a_statement() {
+        let entries = [entry("", "bob", "k1"), entry("", "ann", "k2")];
+        assert!(shareable(&entries).unwrap_err().contains("order"));
+        let entries = [entry("acct_1", "ann", "k1"), entry("", "bob", "k2")];
+        assert!(shareable(&entries).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Credit lots: what is left of each positive ledger entry and when it expires.
 //!
-//! Written only by [`super::ledger::append_entry`], after it has moved (and so locked)
-//! the user's balance row: every change to one user's lots is serialised by that lock.
+//! Written only by the ledger's entry writes ([`super::ledger::append_entry`],
+//! [`super::ledger::announce_all`]), after they have moved (and so locked) the user's
+//! balance row: every change to one user's lots is serialised by that lock.
 //! The invariant kept is Σ remaining = max(credits, 0): a positive entry that only pays
 //! back a negative balance (credits taken back after they were spent) creates less.
 

@@ -200,28 +200,45 @@ impl SessionUpdate<'_> {
     /// `row` with this update's columns written (`updated_at` and the lease are the
     /// database's to set).
     pub fn applied_to(&self, row: &SessionRow) -> SessionRow {
+        // Every field named: a column added to the update must be added here too.
+        let Self {
+            state,
+            user_id,
+            credits,
+            reason,
+            stripe_status,
+            payment_status,
+            payment_intent_id,
+            amount_total,
+            currency,
+            livemode,
+            last_event_id,
+            reversed_credits,
+            attention,
+            view_started_at,
+        } = *self;
         let owned = |v: Option<&str>| v.map(str::to_owned);
+        let or_kept = |v: Option<&str>, kept: &Option<String>| owned(v).or_else(|| kept.clone());
         SessionRow {
             session_id: row.session_id.clone(),
             account: row.account.clone(),
-            state: self.state.unwrap_or(row.state),
-            user_id: self.user_id.map_or_else(|| row.user_id.clone(), owned),
-            credits: self.credits.unwrap_or(row.credits),
-            reason: self.reason.map_or_else(|| row.reason.clone(), owned),
-            stripe_status: owned(self.stripe_status).or_else(|| row.stripe_status.clone()),
-            payment_status: owned(self.payment_status).or_else(|| row.payment_status.clone()),
-            payment_intent_id: owned(self.payment_intent_id)
-                .or_else(|| row.payment_intent_id.clone()),
-            amount_total: self.amount_total.or(row.amount_total),
-            currency: owned(self.currency).or_else(|| row.currency.clone()),
-            livemode: self.livemode.or(row.livemode),
-            last_event_id: owned(self.last_event_id).or_else(|| row.last_event_id.clone()),
+            state: state.unwrap_or(row.state),
+            user_id: user_id.map_or_else(|| row.user_id.clone(), owned),
+            credits: credits.unwrap_or(row.credits),
+            reason: reason.map_or_else(|| row.reason.clone(), owned),
+            stripe_status: or_kept(stripe_status, &row.stripe_status),
+            payment_status: or_kept(payment_status, &row.payment_status),
+            payment_intent_id: or_kept(payment_intent_id, &row.payment_intent_id),
+            amount_total: amount_total.or(row.amount_total),
+            currency: or_kept(currency, &row.currency),
+            livemode: livemode.or(row.livemode),
+            last_event_id: or_kept(last_event_id, &row.last_event_id),
             created_at: row.created_at,
             updated_at: row.updated_at,
-            reversed_credits: self.reversed_credits.unwrap_or(row.reversed_credits),
-            attention: self.attention.map_or_else(|| row.attention.clone(), owned),
+            reversed_credits: reversed_credits.unwrap_or(row.reversed_credits),
+            attention: attention.map_or_else(|| row.attention.clone(), owned),
             fetch_lease_until: row.fetch_lease_until,
-            view_started_at: self.view_started_at.or(row.view_started_at),
+            view_started_at: view_started_at.or(row.view_started_at),
         }
     }
 }

@@ -289,10 +289,11 @@ async fn together(
     written.map_err(|e| ((failed != usize::MAX).then_some(failed), e))
 }
 
-/// The group's sessions written by one statement per table, when every one of them
-/// allows it: its row present and of its account, its view not stale, at most one entry
-/// to write and that one adding credits, to a user no other session of the group moves,
-/// and nothing to announce beyond its credit event. Then the balances and entries are one
+/// The group's sessions written by one statement per table, when every one of them whose
+/// row is present (the others are written alone after the group) allows it: once in the
+/// group, of its row's account, its view not stale, at most one entry to write and that
+/// one adding credits, to a balance no other session of the group moves, and nothing to
+/// announce beyond its credit event; and at least two of them. Then the balances and entries are one
 /// statement (the balances moved in `order`, the lock order), the lots, credit events and
 /// Stripe events' records one, the session rows one; each session's rows exactly as
 /// [`persist::apply`] writes them (the plan, the entries, the update and the record come
@@ -346,6 +347,10 @@ async fn shared_statements(
         }
         plans.push((i, row, planned));
     }
+    // Sessions whose row is gone are written alone: one left is a session alone too.
+    if plans.len() < 2 {
+        return Ok(None);
+    }
     let views: Vec<View<'_>> = plans.iter().map(|(i, _, _)| jobs[*i].view()).collect();
     let mut entries = Vec::new();
     // For each plan, the index of its entry in `entries`.
@@ -363,7 +368,7 @@ async fn shared_statements(
         ledger::write_entries(conn, &entries)
             .await?
             // The row locks make this unreachable; a unique key is the last guard.
-            .ok_or_else(|| FulfillError::Conflict(entries[0].idempotency_key.to_owned()))?
+            .map_err(FulfillError::Conflict)?
     };
     let outcomes: Vec<persist::Outcome> = plans
         .iter()
