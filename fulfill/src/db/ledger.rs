@@ -4,11 +4,12 @@
 //! the unique `idempotency_key` makes a second write of the same entry a no-op, which is
 //! what makes crediting exactly-once across redeliveries, restarts and processes.
 //!
-//! [`append`] is the write path of entries (and [`write_entries`] with [`announce_all`]
-//! the same for a group of sessions' entries, one statement each): in the same transaction it moves the
-//! balance (taking its row lock, which every spending decision also takes), numbers the
-//! entry in the user's `sequence`, creates or consumes credit lots ([`super::lots`]) and
-//! writes the credit event to the outbox ([`super::outbox`]), in two round trips.
+//! [`append`] is the write path of entries ([`write_entries`] with [`announce_all`] the
+//! same for a group of sessions' entries, one statement each): in the same transaction
+//! it moves the balance (taking its row lock, which every spending decision also takes),
+//! numbers the entry in the user's `sequence`, creates or consumes credit lots
+//! ([`super::lots`]) and writes the credit event to the outbox ([`super::outbox`]), in
+//! two round trips.
 
 use chrono::{DateTime, Utc};
 use diesel::{

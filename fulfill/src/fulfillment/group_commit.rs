@@ -89,6 +89,10 @@ impl Job {
         }
     }
 
+    fn event_id(&self) -> Option<&str> {
+        self.event.as_ref().map(|(id, _)| id.as_str())
+    }
+
     fn event(&self) -> Option<EventRef<'_>> {
         self.event.as_ref().map(|(id, event_type)| EventRef {
             id,
@@ -293,9 +297,9 @@ async fn together(
 /// row is present (the others are written alone after the group) allows it: once in the
 /// group, of its row's account, its view not stale, at most one entry to write and that
 /// one adding credits, to a balance no other session of the group moves, and nothing to
-/// announce beyond its credit event; and at least two of them. Then the balances and entries are one
-/// statement (the balances moved in `order`, the lock order), the lots, credit events and
-/// Stripe events' records one, the session rows one; each session's rows exactly as
+/// announce beyond its credit event; and at least two of them. Then the balances and
+/// entries are one statement (the balances moved in `order`, the lock order), the lots,
+/// credit events and Stripe events' records one, the session rows one; each session's rows exactly as
 /// [`persist::apply`] writes them (the plan, the entries, the update and the record come
 /// from the same functions). `None`: some session does not allow it, nothing written.
 async fn shared_statements(
@@ -309,7 +313,7 @@ async fn shared_statements(
     // Decided before anything is written: each session's plan, and whether all allow it.
     let mut sessions_seen = std::collections::HashSet::new();
     let mut users = std::collections::HashSet::new();
-    let mut plans: Vec<(usize, &sessions::SessionRow, persist::Planned)> = Vec::new();
+    let mut plans: Vec<(usize, &sessions::SessionRow, persist::Planned, View<'_>)> = Vec::new();
     for &i in order {
         let job = jobs[i];
         let id = job.session_id.as_str();
@@ -319,7 +323,7 @@ async fn shared_statements(
         };
         let view = job.view();
         if !sessions_seen.insert(id)
-            || row.account != job.account.key()
+            || super::same_account(row, &job.account).is_err()
             || persist::is_stale(row, &view)
         {
             return Ok(None);
@@ -345,20 +349,24 @@ async fn shared_statements(
                 _ => return Ok(None),
             }
         }
-        plans.push((i, row, planned));
+        plans.push((i, row, planned, view));
     }
     // Sessions whose row is gone are written alone: one left is a session alone too.
     if plans.len() < 2 {
         return Ok(None);
     }
-    let views: Vec<View<'_>> = plans.iter().map(|(i, _, _)| jobs[*i].view()).collect();
     let mut entries = Vec::new();
     // For each plan, the index of its entry in `entries`.
     let mut entry_of = Vec::with_capacity(plans.len());
-    for ((i, _, planned), view) in plans.iter().zip(&views) {
+    for (i, _, planned, view) in &plans {
         let job = jobs[*i];
-        let event_id = job.event.as_ref().map(|(id, _)| id.as_str());
-        let mut own = planned.entries(&job.account, &job.session_id, view, &job.cue, event_id)?;
+        let mut own = planned.entries(
+            &job.account,
+            &job.session_id,
+            view,
+            &job.cue,
+            job.event_id(),
+        )?;
         entry_of.push((!own.is_empty()).then_some(entries.len()));
         entries.append(&mut own);
     }
@@ -373,18 +381,19 @@ async fn shared_statements(
     let outcomes: Vec<persist::Outcome> = plans
         .iter()
         .zip(&entry_of)
-        .map(|((_, row, planned), entry)| {
+        .map(|((_, row, planned, _), entry)| {
             let balance = entry.map(|e| pending[e].appended.credits_after);
             persist::Outcome::new(row, planned, balance)
         })
         .collect();
     let mut records = Vec::new();
     let mut updates = Vec::with_capacity(plans.len());
-    for (((i, row, planned), view), outcome) in plans.iter().zip(&views).zip(&outcomes) {
+    for ((i, row, planned, view), outcome) in plans.iter().zip(&outcomes) {
         let job = jobs[*i];
-        let event_id = job.event.as_ref().map(|(id, _)| id.as_str());
         updates.push((
-            planned.update(outcome, view, event_id).applied_to(row),
+            planned
+                .update(outcome, view, job.event_id())
+                .applied_to(row),
             job.started,
         ));
         if let Some(event) = job.event() {
@@ -405,7 +414,7 @@ async fn shared_statements(
     )?;
     let mut rows = by_session(rows);
     let mut persisted: Vec<Option<Persisted>> = jobs.iter().map(|_| None).collect();
-    for ((i, _, planned), outcome) in plans.iter().zip(&outcomes) {
+    for ((i, _, planned, _), outcome) in plans.iter().zip(&outcomes) {
         // Every row is locked by this transaction: each was updated.
         let row = rows
             .remove(jobs[*i].session_id.as_str())

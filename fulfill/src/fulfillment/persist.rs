@@ -91,21 +91,19 @@ pub(super) async fn apply(
     }
 
     let planned = Planned::new(&row, &applied, session_id, view, cue, policy);
-    let entries = planned.entries(account, session_id, view, cue, event_id)?;
     // The user's balance after the last entry written (each entry returns it).
     let mut balance = None;
     // Each entry's balance move is written at once (the next one depends on it); their
     // lots and credit events go out with the session's update, in one round trip.
-    let mut written_entries = Vec::with_capacity(entries.len());
-    for entry in entries {
+    let mut entries = Vec::with_capacity(planned.plan.moves.len());
+    for entry in planned.entries(account, session_id, view, cue, event_id)? {
         let Some(written) = ledger::write_entry(conn, &entry).await? else {
             // The row lock makes this unreachable; a unique key is the last guard.
             return Err(FulfillError::Conflict(entry.idempotency_key.to_owned()));
         };
         balance = Some(written.appended.credits_after);
-        written_entries.push((entry, written));
+        entries.push((entry, written));
     }
-    let entries = written_entries;
     let outcome = Outcome::new(&row, &planned, balance);
     let update = planned.update(&outcome, view, event_id);
     if outcome.newly_needs_attention
