@@ -7,5 +7,5 @@ cd "$(dirname "$0")/../.."
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 fi
-cargo build --release -q --bin ingest --bin fulfill --bin bench
+cargo build --release -q --bin ingest --bin fulfill --bin bench --bin passthrough
 exec target/release/bench "${@:-all}"

@@ -48,6 +48,7 @@ fn group(comm: &str) -> Option<&'static str> {
     Some(match comm {
         "beam.smp" => "broker",
         "ingest" => "ingest",
+        "passthrough" => "passthrough",
         "fulfill" => "fulfill",
         c if c.starts_with("postgres") => "postgres",
         _ => return None,

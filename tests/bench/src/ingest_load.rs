@@ -209,6 +209,8 @@ async fn broker_at_concurrency(
 
 struct WrkResult {
     ok: u64,
+    /// Messages the queue held after the run (set by `loaded`).
+    held: u64,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -269,11 +271,60 @@ end
     let ok = (requests - errors).max(0.0);
     Ok(WrkResult {
         ok: ok as u64,
+        held: 0,
         rps: ok / (micros / 1e6),
         p50_ms: p50 / 1000.0,
         p99_ms: p99 / 1000.0,
         cpu_us: 0.0,
     })
+}
+
+/// One wrk run against `url` at `concurrency`, with the CPU account of the run and the
+/// check that the queue held every 2xx (then purged).
+async fn loaded(
+    conn: &Connection,
+    broker: &TestBroker,
+    url: &str,
+    body: &[u8],
+    concurrency: usize,
+    seconds: u64,
+    logs: &std::path::Path,
+) -> anyhow::Result<(WrkResult, Account)> {
+    let (before, started) = (Snapshot::take(), Instant::now());
+    let mut r = wrk(url, body, concurrency, seconds, logs)?;
+    // Taken when wrk ends: the wait and the purge below are no part of the phase.
+    let cpu = before.per_message(&Snapshot::take(), r.ok, started.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.cpu_us = cpu.of("ingest");
+    r.held = u64::from(purge(conn, &broker.topology.checkout_queue()).await?);
+    // Requests cut off by wrk's deadline may be published without wrk counting the
+    // answer; a 2xx without a held message would be a lost event.
+    if r.held < r.ok || r.held > r.ok + concurrency as u64 {
+        bail!(
+            "{url} at c={concurrency}: {} answered 2xx but the queue held {}",
+            r.ok,
+            r.held
+        );
+    }
+    Ok((r, cpu))
+}
+
+/// Starts `name` (listening on `{NAME}_ADDR`) with `env` and whichever of `settings` are
+/// set in the bench's own environment, passed on and printed.
+async fn start_with(
+    name: &str,
+    mut env: Vec<(&'static str, String)>,
+    settings: &[&'static str],
+    logs: &std::path::Path,
+) -> anyhow::Result<(e2e::Proc, String)> {
+    for &setting in settings {
+        if let Ok(value) = std::env::var(setting) {
+            println!("{name} with {setting}={value}");
+            env.push((setting, value));
+        }
+    }
+    let addr_var = format!("{}_ADDR", name.to_uppercase());
+    crate::start_ready(name, &addr_var, &env, logs, Duration::from_secs(30)).await
 }
 
 pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
@@ -289,30 +340,36 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         body.len()
     );
     let logs = e2e::log_dir("bench-ingest");
-    let mut env: Vec<(&str, String)> = vec![
-        ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
+    let amqp = [
         ("AMQP_URL", broker.url.clone()),
         ("AMQP_TOPOLOGY_PREFIX", broker.prefix.clone()),
+    ];
+    let mut env: Vec<(&str, String)> = vec![
+        ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
         // As deployed (deploy/k8s/configmap.yaml): what logging costs is part of
         // what ingest costs. Its output goes to a file, as a container's to a pipe.
         ("RUST_LOG", "info,lapin=warn,actix_server=warn".into()),
     ];
+    env.extend(amqp.clone());
     // To try a setting: `INGEST_WORKERS=1 bench ingest` passes it on (defaults otherwise).
-    for name in ["INGEST_WORKERS", "INGEST_PUBLISH_CHANNELS"] {
-        if let Ok(value) = std::env::var(name) {
-            println!("ingest with {name}={value}");
-            env.push((name, value));
-        }
-    }
-    let (mut ingest, base) = crate::start_ready(
+    let (mut ingest, base) = start_with(
         "ingest",
-        "INGEST_ADDR",
-        &env,
+        env,
+        &["INGEST_WORKERS", "INGEST_PUBLISH_CHANNELS"],
         &logs,
-        Duration::from_secs(30),
     )
     .await?;
     let url = format!("{base}/webhooks/stripe");
+    // The floor under ingest (`src/bin/passthrough.rs`), idle until its own phase.
+    let (mut passthrough, floor_base) = start_with(
+        "passthrough",
+        amqp.to_vec(),
+        &["PASSTHROUGH_WORKERS", "PASSTHROUGH_RUNTIME"],
+        &logs,
+    )
+    .await?;
+    let floor_url = format!("{floor_base}/webhooks/stripe");
+    wrk(&floor_url, &body, 16, 1, &logs)?;
     // Warm up.
     wrk(&url, &body, 16, 1, &logs)?;
     purge(&conn, &broker.topology.checkout_queue()).await?;
@@ -320,7 +377,8 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
     let mut ceilings = Vec::new();
     let mut raw64 = Vec::new();
     // The ceiling, the broker alone at 64 and ingest at 64: where the cores went.
-    let mut accounts: [Vec<Account>; 3] = Default::default();
+    let mut accounts: [Vec<Account>; 4] = Default::default();
+    let mut floor = Vec::new();
     let mut table: Vec<(usize, Vec<WrkResult>)> = vec![(1, vec![]), (16, vec![]), (64, vec![])];
     for run in 0..runs {
         let (before, started) = (Snapshot::take(), Instant::now());
@@ -339,24 +397,11 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         raw64.push((rate, p50, p99));
         accounts[1].push(cpu);
         for (concurrency, results) in &mut table {
-            let (before, started) = (Snapshot::take(), Instant::now());
-            let mut r = wrk(&url, &body, *concurrency, seconds, &logs)?;
-            // Taken when wrk ends: the wait and the purge below are no part of the phase.
-            let cpu = before.per_message(&Snapshot::take(), r.ok, started.elapsed());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            r.cpu_us = cpu.of("ingest");
-            let held = u64::from(purge(&conn, &broker.topology.checkout_queue()).await?);
-            // Requests cut off by wrk's deadline may be published without wrk counting
-            // the answer; a 2xx without a held message would be a lost event.
-            if held < r.ok || held > r.ok + *concurrency as u64 {
-                bail!(
-                    "c={concurrency}: {} answered 2xx but the queue held {held}",
-                    r.ok
-                );
-            }
+            let (r, cpu) =
+                loaded(&conn, &broker, &url, &body, *concurrency, seconds, &logs).await?;
             println!(
-                "run {run}: c={concurrency:>2} {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms, ingest CPU {:>5.1} µs/request (2xx {}, held {held})",
-                r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.ok
+                "run {run}: c={concurrency:>2} {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms, ingest CPU {:>5.1} µs/request (2xx {}, held {})",
+                r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.ok, r.held
             );
             if *concurrency == 64 {
                 println!("run {run}: c=64 {cpu}");
@@ -364,6 +409,14 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
             }
             results.push(r);
         }
+        // Right after ingest's c=64, the same load on the floor under it.
+        let (r, cpu) = loaded(&conn, &broker, &floor_url, &body, 64, seconds, &logs).await?;
+        println!(
+            "run {run}: passthrough (actix-web + lapin, nothing between) c=64 {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms (2xx {}, held {}); {cpu}",
+            r.rps, r.p50_ms, r.p99_ms, r.ok, r.held
+        );
+        accounts[3].push(cpu);
+        floor.push(r);
     }
     let rss = peak_rss_mib(ingest.pid());
     let ceiling = median(ceilings.clone());
@@ -395,7 +448,17 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         median(raw64.iter().map(|r| r.1).collect()),
         median(raw64.iter().map(|r| r.2).collect()),
     );
+    let floor_rps = median(floor.iter().map(|r| r.rps).collect());
+    let ingest_rps = median(table[2].1.iter().map(|r| r.rps).collect());
+    println!(
+        "passthrough (actix-web + lapin, nothing between) at c=64: median {floor_rps:.0} req/s = {:.0} % of the ceiling, p50 {:.2} ms, p99 {:.2} ms; ingest at c=64 is {:.0} % of it",
+        100.0 * floor_rps / ceiling,
+        median(floor.iter().map(|r| r.p50_ms).collect()),
+        median(floor.iter().map(|r| r.p99_ms).collect()),
+        100.0 * ingest_rps / floor_rps,
+    );
     print_cpu_accounts(&accounts, ceiling);
+    let _ = passthrough.terminate(Duration::from_secs(10));
     let _ = ingest.terminate(Duration::from_secs(10));
     let _ = conn.close(200, "done".into()).await;
     Ok(())
@@ -403,16 +466,18 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
 
 /// The medians of each phase's CPU account, and what 70 % of the ceiling would leave per
 /// request on these cores: the reason a ratio is what it is, in microseconds.
-fn print_cpu_accounts(accounts: &[Vec<Account>; 3], ceiling: f64) {
+fn print_cpu_accounts(accounts: &[Vec<Account>; 4], ceiling: f64) {
     Account::table(
         &[
             ("ceiling (window 1024)", &accounts[0]),
             ("broker alone, c=64", &accounts[1]),
             ("ingest, c=64", &accounts[2]),
+            ("passthrough, c=64", &accounts[3]),
         ],
         &[
             ("broker", "broker"),
             ("ingest", "ingest"),
+            ("passthrough", "passthrough"),
             ("bench", "load generator"),
         ],
     );

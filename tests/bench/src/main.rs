@@ -3,9 +3,10 @@
 //! - `bench ingest`: the raw ceiling of the local RabbitMQ for this workload (persistent
 //!   ~3.4 KB events, published with confirms to the quorum queue by a minimal lapin
 //!   publisher, many confirms outstanding), alternating with the real ingest binary loaded
-//!   over HTTP by wrk at concurrency 1, 16 and 64 with validly signed requests. Checks that
-//!   the queue holds every 2xx answer; prints req/s, p50/p99, ingest's peak RSS and the
-//!   ratio ingest ÷ ceiling.
+//!   over HTTP by wrk at concurrency 1, 16 and 64 with validly signed requests, and
+//!   `passthrough` (actix-web + lapin in ingest's shape with nothing between: the floor
+//!   under ingest) at 64 right after. Checks that the queue holds every 2xx answer; prints
+//!   req/s, p50/p99, ingest's peak RSS and the ratios ingest ÷ ceiling and ÷ floor.
 //! - `bench fulfill`: two fulfill processes against the fake Stripe at 150 ms latency with a
 //!   budget of 25/s and of 100/s (enforced by the fake, as Stripe does), 2,000 sessions with
 //!   30 % duplicate deliveries: sessions credited per second, Stripe calls per credited
