@@ -376,7 +376,7 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
 
     let mut ceilings = Vec::new();
     let mut raw64 = Vec::new();
-    // The ceiling, the broker alone at 64 and ingest at 64: where the cores went.
+    // The ceiling, the broker alone at 64, ingest at 64 and the floor: where the cores went.
     let mut accounts: [Vec<Account>; 4] = Default::default();
     let mut floor = Vec::new();
     let mut table: Vec<(usize, Vec<WrkResult>)> = vec![(1, vec![]), (16, vec![]), (64, vec![])];
