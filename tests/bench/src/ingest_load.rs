@@ -214,8 +214,9 @@ struct WrkResult {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// ingest's CPU time (user + system, all threads) per 2xx: unlike req/s it hardly
-    /// moves when the load generator or the broker get less of the shared cores.
+    /// The endpoint's CPU time (user + system, all threads) per 2xx, set by the caller
+    /// from the run's account: unlike req/s it hardly moves when the load generator or
+    /// the broker get less of the shared cores.
     cpu_us: f64,
 }
 
@@ -295,7 +296,6 @@ async fn loaded(
     // Taken when wrk ends: the wait and the purge below are no part of the phase.
     let cpu = before.per_message(&Snapshot::take(), r.ok, started.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    r.cpu_us = cpu.of("ingest");
     r.held = u64::from(purge(conn, &broker.topology.checkout_queue()).await?);
     // Requests cut off by wrk's deadline may be published without wrk counting the
     // answer; a 2xx without a held message would be a lost event.
@@ -369,8 +369,8 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
     )
     .await?;
     let floor_url = format!("{floor_base}/webhooks/stripe");
+    // Warm up both.
     wrk(&floor_url, &body, 16, 1, &logs)?;
-    // Warm up.
     wrk(&url, &body, 16, 1, &logs)?;
     purge(&conn, &broker.topology.checkout_queue()).await?;
 
@@ -397,8 +397,9 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
         raw64.push((rate, p50, p99));
         accounts[1].push(cpu);
         for (concurrency, results) in &mut table {
-            let (r, cpu) =
+            let (mut r, cpu) =
                 loaded(&conn, &broker, &url, &body, *concurrency, seconds, &logs).await?;
+            r.cpu_us = cpu.of("ingest");
             println!(
                 "run {run}: c={concurrency:>2} {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms, ingest CPU {:>5.1} µs/request (2xx {}, held {})",
                 r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.ok, r.held
@@ -410,10 +411,11 @@ pub async fn run(runs: usize, seconds: u64) -> anyhow::Result<()> {
             results.push(r);
         }
         // Right after ingest's c=64, the same load on the floor under it.
-        let (r, cpu) = loaded(&conn, &broker, &floor_url, &body, 64, seconds, &logs).await?;
+        let (mut r, cpu) = loaded(&conn, &broker, &floor_url, &body, 64, seconds, &logs).await?;
+        r.cpu_us = cpu.of("passthrough");
         println!(
-            "run {run}: passthrough (actix-web + lapin, nothing between) c=64 {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms (2xx {}, held {}); {cpu}",
-            r.rps, r.p50_ms, r.p99_ms, r.ok, r.held
+            "run {run}: passthrough (actix-web + lapin, nothing between) c=64 {:>7.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms, passthrough CPU {:>5.1} µs/request (2xx {}, held {}); {cpu}",
+            r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.ok, r.held
         );
         accounts[3].push(cpu);
         floor.push(r);

@@ -72,13 +72,14 @@ fn var(name: &str) -> anyhow::Result<String> {
 /// (lapin's tasks and reactor on one thread instead of a multi-thread runtime) try
 /// other arrangements of the same crates.
 fn main() -> anyhow::Result<()> {
-    let runtime = match std::env::var("PASSTHROUGH_RUNTIME").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
+    let runtime = match std::env::var("PASSTHROUGH_RUNTIME").ok().as_deref() {
+        Some("current") => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        _ => tokio::runtime::Builder::new_multi_thread()
+        None | Some("multi") => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?,
+        Some(other) => anyhow::bail!("PASSTHROUGH_RUNTIME is current or multi, not {other:?}"),
     };
     runtime.block_on(serve())
 }
@@ -111,10 +112,10 @@ async fn serve() -> anyhow::Result<()> {
             .route("/webhooks/stripe", web::post().to(webhook))
             .route("/readyz", web::get().to(readyz))
     });
-    if let Some(workers) = std::env::var("PASSTHROUGH_WORKERS")
-        .ok()
-        .and_then(|w| w.parse().ok())
-    {
+    if let Ok(workers) = std::env::var("PASSTHROUGH_WORKERS") {
+        let workers = workers
+            .parse()
+            .with_context(|| format!("PASSTHROUGH_WORKERS is a number, not {workers:?}"))?;
         server = server.workers(workers);
     }
     server
