@@ -46,6 +46,8 @@ async fn requests_that_hang_past_the_timeout_are_retried() {
     let world = World::new().await;
     world.set_knobs(Knobs {
         rate_hang: 0.4,
+        // At least two hang whatever the draws: the retry after a timeout is what is tested.
+        hang_first: 2,
         hang_ms: 3_000,
         ..Default::default()
     });
@@ -63,7 +65,8 @@ async fn requests_that_hang_past_the_timeout_are_retried() {
     }
     app.assert_balance_settles(&world.client, "patient", 8)
         .await;
-    assert!(world.stripe.stats().injected_hangs > 0);
+    let stats = world.stripe.stats();
+    assert!(stats.injected_hangs >= 2, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

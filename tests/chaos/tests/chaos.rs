@@ -251,6 +251,7 @@ async fn every_paid_session_is_credited_exactly_once_through_chaos() {
         rate_429: 0.1,
         rate_5xx: 0.1,
         rate_hang: 0.02,
+        hang_first: 0,
         hang_ms: 2_500,
         rate_limit_per_sec: None,
         reject_key: None,

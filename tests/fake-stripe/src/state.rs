@@ -25,6 +25,9 @@ pub struct Knobs {
     pub rate_5xx: f64,
     /// Fraction (0..=1) of requests that hang for `hang_ms` before answering normally.
     pub rate_hang: f64,
+    /// The first this many requests (that get past the limiter and the injected errors)
+    /// hang for `hang_ms`, whatever `rate_hang` draws: a hang a test can count on.
+    pub hang_first: u64,
     pub hang_ms: u64,
     /// Requests per second beyond which the fake answers 429, like Stripe's limiter.
     pub rate_limit_per_sec: Option<u32>,
@@ -831,7 +834,8 @@ impl State {
             inner.stats.injected_5xx += 1;
             return (Verdict::Inject5xx, delay);
         }
-        if rand::random::<f64>() < knobs.rate_hang {
+        if inner.stats.injected_hangs < knobs.hang_first || rand::random::<f64>() < knobs.rate_hang
+        {
             inner.stats.injected_hangs += 1;
             delay += Duration::from_millis(knobs.hang_ms);
         }
